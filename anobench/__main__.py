@@ -1,0 +1,5 @@
+import sys
+
+from anobench.cli import main
+
+sys.exit(main())

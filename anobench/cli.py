@@ -1,0 +1,193 @@
+"""The `anobench` command: a verb, then Hydra overrides (train, eval) or plain options (the rest).
+
+    anobench train [method=patch_svdd] [data=synthetic/washer] [trainer=cpu] [key=value ...] [-m ...]
+    anobench eval checkpoint=<run dir>/checkpoints/last.ckpt [evaluation.resolution=model]
+    anobench leaderboard [--results-dir results]
+    anobench data download mvtec --root DIR [--archive FILE]
+    anobench data synth --root DIR [--category weave ...]
+
+Hydra verbs are dispatched on argv before the @hydra.main function is built, so each verb has its
+own primary config (conf/train.yaml, conf/eval.yaml) and all of Hydra's flags (-m, --cfg, ...) work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+from anobench.config import GROUPS, config_dir, group_options
+from anobench.errors import AnobenchError
+
+HYDRA_VERBS = {"train": ("train", "anobench.tasks.train:train"), "eval": ("eval", "anobench.tasks.evaluate:evaluate")}
+ZERO_JOBS_HINT = (
+    "the sweep expanded to zero jobs. Hydra's glob() does not see nested groups such as mvtec/*: "
+    "use `sweep=mvtec` (all 15 MVTec AD categories) or `sweep=synthetic`, or list the options, "
+    "e.g. data=mvtec/bottle,mvtec/cable"
+)
+
+
+def usage() -> str:
+    root = config_dir()
+    lines = [
+        "usage: anobench <command> [overrides or options]",
+        "",
+        "commands:",
+        "  train        fit a method on a category, test it, write result.json and the leaderboard",
+        "               e.g. anobench train method=patch_svdd data=mvtec/bottle data.root=/path/to/mvtec",
+        "               sweep: anobench train -m sweep=mvtec method=patch_svdd [hydra/launcher=joblib]",
+        "  eval         re-test a checkpoint: anobench eval checkpoint=<run dir>/checkpoints/last.ckpt",
+        "  leaderboard  rebuild results/leaderboard.{md,csv} from the result files (--results-dir DIR)",
+        "  data         data download mvtec --root DIR [--archive FILE] | data synth --root DIR",
+        "",
+        "Hydra flags work after train/eval: --cfg job, --info, -m/--multirun, hydra/launcher=joblib.",
+        "",
+    ]
+    for group in GROUPS:
+        lines.append(f"{group} options ({group}=<option>):")
+        options = group_options(group, root)
+        lines.append("  " + (", ".join(options) if options else "(none)"))
+    lines += ["", f"configs: {root}"]
+    return "\n".join(lines)
+
+
+def _load(target: str) -> Callable:
+    import importlib
+
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _multirun_requested(args: Sequence[str]) -> bool:
+    return any(a in ("-m", "--multirun") for a in args)
+
+
+def run_hydra_verb(verb: str, args: list[str]) -> int:
+    """Run a Hydra task with `args` as its command line; returns the process exit code."""
+    import hydra
+
+    config_name, target = HYDRA_VERBS[verb]
+    task = _load(target)
+
+    def entry(cfg):  # noqa: ANN001 - Hydra passes a DictConfig
+        return task(cfg)
+
+    entry.__module__ = __name__
+    multirun = _multirun_requested(args)
+    job_log = Path(tempfile.mkstemp(prefix="anobench-jobs-", suffix=".tsv")[1])
+    os.environ["ANOBENCH_JOB_LOG"] = str(job_log)
+    os.environ["ANOBENCH_COMMAND"] = shlex.join(["anobench", verb, *args])
+    saved_argv = sys.argv
+    sys.argv = [f"anobench {verb}", *args]
+    code = 0
+    try:
+        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(entry)()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        os.environ.pop("ANOBENCH_JOB_LOG", None)
+        jobs = [line.split("\t") for line in job_log.read_text().splitlines() if line.strip()]
+        job_log.unlink(missing_ok=True)
+    if code:
+        return code
+    if not multirun:
+        return _report(jobs)
+    if not jobs and not any(a.startswith(("--cfg", "--info", "-c", "--help", "-h", "--hydra-help")) for a in args):
+        print(f"error: {ZERO_JOBS_HINT}", file=sys.stderr)
+        return 2
+    return _report(jobs)
+
+
+def _report(jobs: list[list[str]]) -> int:
+    """Rebuild and print the leaderboard rows of the jobs just run; non-zero if any failed."""
+    from anobench.results.leaderboard import print_leaderboard, write_leaderboard
+    from anobench.results.record import read_result
+
+    if not jobs:
+        return 0
+    records = [read_result(path) for path, _ in jobs]
+    for results_dir in dict.fromkeys(results_dir for _, results_dir in jobs):
+        board = write_leaderboard(results_dir)
+        print_leaderboard(board, only={(r["dataset"], r["category"]) for r in records})
+        print(f"leaderboard: {Path(results_dir) / 'leaderboard.md'}")
+    failed = [r for r in records if r["status"] != "ok"]
+    for record in failed:
+        print(f"failed: {record['method']} {record['dataset']}/{record['category']} seed {record['seed']}: "
+              f"{record['error']['type']}: {record['error']['message']}", file=sys.stderr)
+    print(f"{len(records) - len(failed)} of {len(records)} run(s) ok; result files:")
+    for path, _ in jobs:
+        print(f"  {path}")
+    return 1 if failed else 0
+
+
+def leaderboard_command(args: list[str]) -> int:
+    from anobench.results.leaderboard import print_leaderboard, write_leaderboard
+
+    parser = argparse.ArgumentParser(prog="anobench leaderboard",
+                                     description="Rebuild leaderboard.{md,csv} from <results-dir>/runs/**/result.json")
+    parser.add_argument("--results-dir", default=os.environ.get("ANOBENCH_RESULTS_DIR", "results"))
+    ns = parser.parse_args(args)
+    if not Path(ns.results_dir).is_dir():
+        raise AnobenchError(f"--results-dir {ns.results_dir}: no such folder")
+    board = write_leaderboard(ns.results_dir)
+    print_leaderboard(board)
+    print(f"wrote {Path(ns.results_dir) / 'leaderboard.md'} and leaderboard.csv ({len(board.runs)} runs)")
+    return 0
+
+
+def data_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="anobench data", description="Get or generate datasets")
+    sub = parser.add_subparsers(dest="action", required=True)
+    download = sub.add_parser("download", help="download (resumable) and verify MVTec AD")
+    download.add_argument("dataset", choices=["mvtec"])
+    download.add_argument("--root", default=os.environ.get("ANOBENCH_MVTEC_ROOT"),
+                          help="folder to hold the 15 category folders (default: $ANOBENCH_MVTEC_ROOT)")
+    download.add_argument("--archive", default=None, help="an already-downloaded mvtec_anomaly_detection.tar.xz")
+    synth = sub.add_parser("synth", help="generate the synthetic categories (MVTec layout)")
+    synth.add_argument("--root", default=os.path.join(os.environ.get("ANOBENCH_DATA_DIR", "data"), "synthetic"))
+    synth.add_argument("--category", action="append", help="default: all synthetic categories")
+    synth.add_argument("--seed", type=int, default=0)
+    ns = parser.parse_args(args)
+    if ns.action == "download":
+        from anobench.data import download_mvtec
+
+        if not ns.root:
+            raise AnobenchError("anobench data download: give --root DIR or set ANOBENCH_MVTEC_ROOT")
+        root = download_mvtec(ns.root, archive=Path(ns.archive) if ns.archive else None)
+        print(f"MVTec AD ready in {root}; use data.root={root} or export ANOBENCH_MVTEC_ROOT={root}")
+        return 0
+    from anobench.data import SYNTHETIC_CATEGORIES, ensure_synthetic
+
+    for category in ns.category or sorted(SYNTHETIC_CATEGORIES):
+        print(ensure_synthetic(ns.root, category, seed=ns.seed))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    verb, rest = args[0], args[1:]
+    try:
+        if verb in HYDRA_VERBS:
+            return run_hydra_verb(verb, rest)
+        if verb == "leaderboard":
+            return leaderboard_command(rest)
+        if verb == "data":
+            return data_command(rest)
+    except AnobenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"error: unknown command {verb!r}; expected one of: train, eval, leaderboard, data\n\n{usage()}",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

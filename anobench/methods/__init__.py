@@ -1,0 +1,8 @@
+"""Every built-in method; importing this package registers them (see registry.py)."""
+
+from anobench.methods.base import AnomalyModule, AnomalyOutput
+from anobench.methods.registry import get_method, list_methods, register_method
+
+from anobench.methods import patch_svdd  # noqa: E402,F401  (registers "patch_svdd")
+
+__all__ = ["AnomalyModule", "AnomalyOutput", "get_method", "list_methods", "register_method"]

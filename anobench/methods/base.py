@@ -1,0 +1,90 @@
+"""Shared base for every method: the test loop, map collection and evaluation live here, once.
+
+A method subclasses `AnomalyModule`, keeps its plain torch model in `self.model` and implements
+training (``training_step``, ``configure_optimizers``). In eval mode ``self.model(images)`` must
+return an `AnomalyOutput`: a B×h×w anomaly map at model resolution (higher = more anomalous) and a
+B image score. Everything after that (upsampling to ground-truth size, metrics) is the evaluator's.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+class AnomalyOutput(NamedTuple):
+    """What a model returns at inference. A NamedTuple, so models stay traceable/exportable."""
+
+    anomaly_map: torch.Tensor  # B×h×w, higher = more anomalous
+    pred_score: torch.Tensor  # B, higher = more anomalous
+
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class AnomalyModule(L.LightningModule):
+    """Lightning wrapper shared by all methods: owns the test loop and hands maps to the evaluator."""
+
+    method_name: str = "base"  # set by @register_method
+
+    def __init__(self, optimizer: OptimizerFactory | None = None) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-4)
+        self.model: nn.Module
+        self.evaluation_resolution = "ground_truth"
+        self.pro_fpr_limit = 0.3
+        self._maps: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+        self._indices: list[np.ndarray] = []
+        self.test_results: dict[str, Any] | None = None
+
+    # --- hooks a method may override -------------------------------------------------------
+    def prepare_inference(self, train_loader: DataLoader) -> None:
+        """Build whatever inference needs from the normal training images (e.g. a memory bank).
+
+        Called at the start of every test run with an un-augmented, unshuffled loader of the
+        training images. Default: nothing to do.
+        """
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    # --- shared test loop ------------------------------------------------------------------
+    def on_test_start(self) -> None:
+        self._maps, self._scores, self._indices = [], [], []
+        datamodule = self.trainer.datamodule
+        self.prepare_inference(datamodule.inference_train_dataloader())
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        output = self.model(batch["image"])
+        self._maps.extend(output.anomaly_map.detach().float().cpu().numpy())
+        self._scores.append(output.pred_score.detach().float().cpu().numpy().reshape(-1))
+        self._indices.append(batch["index"].cpu().numpy().reshape(-1))
+
+    def on_test_epoch_end(self) -> None:
+        from anobench.metrics import evaluate_category
+
+        datamodule = self.trainer.datamodule
+        indices = np.concatenate(self._indices)
+        order = np.argsort(indices)
+        samples = datamodule.test_samples
+        if len(indices) != len(samples) or not np.array_equal(indices[order], np.arange(len(samples))):
+            raise RuntimeError("test loop did not see every test image exactly once")
+        maps = [self._maps[i] for i in order]
+        scores = np.concatenate(self._scores)[order]
+        self.test_results = evaluate_category(
+            anomaly_maps=maps,
+            image_scores=scores,
+            masks=[datamodule.load_mask(i) for i in range(len(samples))],
+            labels=np.array([s.label for s in samples]),
+            resolution=self.evaluation_resolution,
+            fpr_limit=self.pro_fpr_limit,
+        )
+        for key, value in self.test_results["metrics"].items():
+            self.log(f"test/{key}", float(value))

@@ -1,0 +1,1 @@
+"""What each CLI verb does, as plain functions of a composed config."""

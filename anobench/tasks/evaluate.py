@@ -1,0 +1,88 @@
+"""`anobench eval checkpoint=...`: re-test a saved model and write a new result.json.
+
+The training run's resolved config (config.yaml beside checkpoints/) rebuilds the method and the data,
+so a checkpoint is evaluated exactly as it was trained; `data_root`, `seed` and `evaluation.*` may be
+overridden (e.g. data moved, or evaluation at model resolution).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from anobench.errors import ConfigError
+from anobench.results.record import RESULT_FILE, failure_info
+from anobench.tasks.train import base_record, build_trainer, configure_module, finish, is_multirun, run_dir_from_hydra
+
+
+def load_run_config(checkpoint: Path) -> DictConfig:
+    """The resolved config of the run that wrote `checkpoint` (<run>/checkpoints/<name>.ckpt)."""
+    if not checkpoint.is_file():
+        raise ConfigError(f"checkpoint={checkpoint}: no such file (expected <run dir>/checkpoints/last.ckpt)")
+    config_path = checkpoint.resolve().parent.parent / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"checkpoint={checkpoint}: the run's config {config_path} is missing; "
+                          "anobench eval needs the run folder written by anobench train")
+    return OmegaConf.load(config_path)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Re-test the model in `cfg.checkpoint` and record the result."""
+    from hydra.utils import instantiate
+
+    checkpoint = Path(cfg.checkpoint)
+    run_cfg = load_run_config(checkpoint)
+    run_cfg.paths.results_dir = cfg.paths.results_dir
+    if cfg.seed is not None:
+        run_cfg.seed = cfg.seed
+    if cfg.data_root is not None:
+        run_cfg.data.root = cfg.data_root
+    for key in ("resolution", "pro_fpr_limit"):
+        if cfg.evaluation[key] is not None:
+            run_cfg.evaluation[key] = cfg.evaluation[key]
+
+    run_dir = run_dir_from_hydra()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(run_cfg, run_dir / "config.yaml", resolve=True)
+    record = base_record(run_cfg, "eval")
+    record["source_checkpoint"] = str(checkpoint.resolve())
+    trained = checkpoint.resolve().parent.parent / RESULT_FILE
+    record["budget"] = json.loads(trained.read_text()).get("budget", {}) if trained.is_file() else {"label": "unknown"}
+    timings: dict[str, float] = {}
+    failure: Exception | None = None
+    try:
+        L.seed_everything(run_cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(run_cfg.data, _convert_="all")
+        module = instantiate(run_cfg.method.module, _convert_="all")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"])
+        configure_module(module, run_cfg.evaluation)
+        trainer = build_trainer(run_cfg.trainer, run_dir, logger=False)
+        start = time.perf_counter()
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        timings["inference_s"] = time.perf_counter() - start
+        results = module.test_results
+        record.update(
+            status="ok",
+            metrics={k: float(v) for k, v in results["metrics"].items()},
+            evaluation={k: v for k, v in results.items() if k != "metrics"},
+            n_train_images=len(datamodule.index.train),
+            n_test_images=len(datamodule.test_samples),
+        )
+    except Exception as error:
+        failure = error
+        record.update(status="failed", error=failure_info(error))
+    finally:
+        record["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        finish(record, run_dir, run_cfg)
+    if failure is not None:
+        if not is_multirun():
+            raise failure
+        print(f"job failed ({type(failure).__name__}: {failure}); recorded in {run_dir}")
+    return record

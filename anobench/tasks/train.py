@@ -1,0 +1,152 @@
+"""`anobench train`: seed, fit, save, test, write result.json, rebuild the leaderboard.
+
+Any exception is caught and recorded as a failed result.json before it is re-raised (single run) or
+swallowed (multirun, so the other jobs of the sweep still run; Hydra's end-of-sweep hook would never
+run after a raising job, so every job rebuilds the leaderboard from the result files itself).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from anobench.results.leaderboard import write_leaderboard
+from anobench.results.record import (
+    device_info, failure_info, git_sha, library_versions, now_iso, peak_memory, write_result,
+)
+
+SWEEP_LOG_ENV = "ANOBENCH_JOB_LOG"  # set by the CLI: every job appends its result path there
+
+
+def run_dir_from_hydra() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def build_trainer(trainer_cfg: DictConfig, run_dir: Path, **overrides: Any) -> L.Trainer:
+    """Instantiate lightning.Trainer from conf/trainer/<name>.yaml (its `name` key is ours, not Lightning's)."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.loggers import CSVLogger
+
+    kwargs = OmegaConf.to_container(trainer_cfg, resolve=True)
+    kwargs.pop("name", None)
+    kwargs.setdefault("logger", CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+    kwargs["default_root_dir"] = str(run_dir)
+    kwargs.update(overrides)
+    return instantiate(kwargs)
+
+
+def configure_module(module: Any, evaluation: DictConfig) -> None:
+    module.evaluation_resolution = evaluation.resolution
+    module.pro_fpr_limit = float(evaluation.pro_fpr_limit)
+
+
+def base_record(cfg: DictConfig, task: str) -> dict[str, Any]:
+    """Everything that produced a run, known before it starts."""
+    return {
+        "task": task,
+        "method": cfg.method.name,
+        "dataset": cfg.data.dataset,
+        "category": cfg.data.category,
+        "seed": cfg.seed,
+        "status": "running",
+        "started_at": now_iso(),
+        "config": OmegaConf.to_container(cfg, resolve=False),
+        "git_sha": git_sha(),
+        "versions": library_versions(),
+        "device": device_info(cfg.trainer.get("accelerator")),
+        "command": os.environ.get("ANOBENCH_COMMAND"),
+    }
+
+
+def budget_of(cfg: DictConfig, trainer: L.Trainer | None) -> dict[str, Any]:
+    label = "smoke" if cfg.trainer.get("name") == "smoke" else cfg.get("budget_label", "reduced")
+    return {
+        "label": label,
+        "experiment": cfg.get("experiment_name"),
+        "trainer": cfg.trainer.get("name"),
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "max_steps": cfg.trainer.get("max_steps"),
+        "global_step": None if trainer is None else trainer.global_step,
+        "epochs_done": None if trainer is None else trainer.current_epoch,
+        "train_repeats": cfg.method.input.get("train_repeats"),
+        "batch_size": cfg.method.input.get("batch_size"),
+    }
+
+
+def finish(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path:
+    """Write result.json, tell the CLI about it, and rebuild the leaderboard of the results folder."""
+    record.update(peak_memory())
+    record["finished_at"] = now_iso()
+    path = write_result(run_dir, record)
+    log = os.environ.get(SWEEP_LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as handle:  # O_APPEND: one short line per job
+            handle.write(f"{path.resolve()}\t{Path(cfg.paths.results_dir).resolve()}\n")
+    try:
+        write_leaderboard(cfg.paths.results_dir)
+    except Exception as error:  # the result is safe on disk; a table problem must not fail the run
+        print(f"warning: could not rebuild the leaderboard: {error}")
+    return path
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit `cfg.method` on `cfg.data`, test it, and record the result. Returns the result record."""
+    from hydra.utils import instantiate
+
+    run_dir = run_dir_from_hydra()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    record = base_record(cfg, "train")
+    trainer = None
+    timings: dict[str, float] = {}
+    failure: Exception | None = None
+    try:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.data, _convert_="all")
+        module = instantiate(cfg.method.module, _convert_="all")
+        configure_module(module, cfg.evaluation)
+        trainer = build_trainer(cfg.trainer, run_dir)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        timings["train_s"] = time.perf_counter() - start
+        if cfg.get("save_checkpoint", True):
+            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        start = time.perf_counter()
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        timings["inference_s"] = time.perf_counter() - start
+        results = module.test_results
+        record.update(
+            status="ok",
+            metrics={k: float(v) for k, v in results["metrics"].items()},
+            evaluation={k: v for k, v in results.items() if k != "metrics"},
+            n_train_images=len(datamodule.index.train),
+            n_test_images=len(datamodule.test_samples),
+            checkpoint=str(run_dir / "checkpoints" / "last.ckpt") if cfg.get("save_checkpoint", True) else None,
+        )
+    except Exception as error:
+        failure = error
+        record.update(status="failed", error=failure_info(error))
+    finally:
+        record["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        record["budget"] = budget_of(cfg, trainer)
+        finish(record, run_dir, cfg)
+    if failure is not None:
+        if not is_multirun():
+            raise failure
+        print(f"job failed ({type(failure).__name__}: {failure}); recorded in {run_dir}")
+    return record
