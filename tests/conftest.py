@@ -1,0 +1,43 @@
+"""Shared fixtures: small synthetic data settings and a CLI runner, so tests stay fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Keep synthetic categories tiny in end-to-end tests (the generator's defaults are larger).
+SMALL_DATA = [
+    "data.synthetic.n_train=8",
+    "data.synthetic.n_test_good=4",
+    "data.synthetic.n_test_per_defect=2",
+]
+
+
+def mvtec_root() -> Path | None:
+    """Real MVTec AD for real-data tests: $ANOBENCH_MVTEC_ROOT, else ../shared/mvtec_ad beside the repo."""
+    for candidate in (os.environ.get("ANOBENCH_MVTEC_ROOT"), REPO.parent / "shared" / "mvtec_ad"):
+        if candidate and (Path(candidate) / "bottle" / "train" / "good").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run `python -m anobench ...` in a subprocess with results and data under tmp_path."""
+
+    def run(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "ANOBENCH_RESULTS_DIR": str(tmp_path / "results"),
+                    "ANOBENCH_DATA_DIR": str(tmp_path / "data"), "HYDRA_FULL_ERROR": "0", **(env or {})}
+        proc = subprocess.run([sys.executable, "-m", "anobench", *args], cwd=tmp_path, env=full_env,
+                              capture_output=True, text=True, timeout=600)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"anobench {' '.join(args)} exited {proc.returncode}\n"
+                                 f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+        return proc
+
+    return run

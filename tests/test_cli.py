@@ -1,0 +1,109 @@
+"""End to end through the `anobench` command in subprocesses (small synthetic data, trainer=smoke)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMALL_DATA
+
+REQUIRED = {"method", "dataset", "category", "seed", "status", "metrics", "config", "git_sha", "versions",
+            "device", "timings", "peak_rss_mb", "budget", "started_at", "finished_at"}
+
+
+def _results(tmp_path: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "results" / "runs").glob("**/result.json"))]
+
+
+def test_help_lists_methods_data_backbones_trainers(run_cli):
+    out = run_cli("--help").stdout
+    for expected in ("patch_svdd", "mvtec/bottle", "mvtec/zipper", "synthetic/weave", "resnet18", "smoke", "gpu",
+                     "sweep=mvtec"):
+        assert expected in out
+
+
+def test_train_writes_valid_result_and_eval_reproduces_it(run_cli, tmp_path):
+    proc = run_cli("train", "trainer=smoke", "data=synthetic/weave", *SMALL_DATA)
+    (result,) = _results(tmp_path)
+    assert REQUIRED <= set(result)
+    assert result["status"] == "ok" and result["method"] == "patch_svdd"
+    assert (result["dataset"], result["category"], result["seed"]) == ("synthetic", "weave", 0)
+    assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "pro"}
+    assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
+    assert result["budget"]["label"] == "smoke" and result["budget"]["global_step"] == 2
+    assert result["evaluation"]["resolution"] == "ground_truth"
+    assert result["config"]["trainer"]["name"] == "smoke"
+    assert result["timings"]["train_s"] > 0 and result["timings"]["inference_s"] > 0
+    assert "leaderboard" in proc.stdout
+    board = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert "| weave |" in board
+
+    checkpoint = Path(result["checkpoint"])
+    assert checkpoint.is_file()
+    run_cli("eval", f"checkpoint={checkpoint}")
+    evals = [r for r in _results(tmp_path) if r["task"] == "eval"]
+    assert len(evals) == 1 and evals[0]["status"] == "ok"
+    for key, value in result["metrics"].items():
+        assert evals[0]["metrics"][key] == pytest.approx(value, abs=1e-6)
+    assert evals[0]["budget"]["label"] == "smoke"  # inherited from the training run
+
+
+def test_same_seed_same_metrics(run_cli, tmp_path):
+    for _ in range(2):
+        run_cli("train", "trainer=smoke", "data=synthetic/washer", "save_checkpoint=false", *SMALL_DATA)
+    first, second = _results(tmp_path)
+    assert first["metrics"] == second["metrics"]
+
+
+def test_parallel_multirun_writes_leaderboard_with_both_rows(run_cli, tmp_path):
+    run_cli("train", "-m", "data=synthetic/weave,synthetic/tablet", "trainer=smoke", "save_checkpoint=false",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL_DATA)
+    assert sorted(r["category"] for r in _results(tmp_path)) == ["tablet", "weave"]
+    rows = {r["category"]: r for r in csv.DictReader((tmp_path / "results" / "leaderboard.csv").open())}
+    assert rows["weave"]["patch_svdd/image_auroc"] and rows["tablet"]["patch_svdd/image_auroc"]
+    assert rows["Texture mean"]["patch_svdd/pro"] and rows["Object mean"]["patch_svdd/pro"]
+
+
+def test_failing_job_records_failed_row_and_sweep_continues(run_cli, tmp_path):
+    proc = run_cli("train", "-m", "data=mvtec/bottle,synthetic/weave", "trainer=smoke", "save_checkpoint=false",
+                   f"paths.mvtec_root={tmp_path / 'no_such_root'}", check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    by_category = {r["category"]: r for r in _results(tmp_path)}
+    assert by_category["bottle"]["status"] == "failed"
+    assert "no_such_root" in by_category["bottle"]["error"]["message"]
+    assert by_category["weave"]["status"] == "ok"
+    rows = {r["category"]: r for r in csv.DictReader((tmp_path / "results" / "leaderboard.csv").open())}
+    assert rows["bottle"]["patch_svdd/image_auroc"] == "failed"
+    assert "no_such_root" in proc.stderr
+
+
+def test_sweep_of_zero_jobs_is_an_error(run_cli, tmp_path):
+    proc = run_cli("train", "-m", "data=glob(mvtec/*)", "trainer=smoke", check=False)
+    assert proc.returncode != 0
+    assert "zero jobs" in proc.stderr and "sweep=mvtec" in proc.stderr
+    assert not _results(tmp_path)
+
+
+@pytest.mark.parametrize("override,named", [("method=no_such_method", "method/no_such_method"),
+                                             ("data=mvtec/no_such_category", "data/mvtec/no_such_category"),
+                                             ("backbone=no_such_backbone", "backbone/no_such_backbone")])
+def test_unknown_group_option_is_named(run_cli, override, named):
+    proc = run_cli("train", override, check=False)
+    assert proc.returncode != 0
+    assert named in proc.stderr
+
+
+def test_missing_mvtec_root_names_the_key(run_cli, tmp_path):
+    proc = run_cli("train", "data=mvtec/bottle", "trainer=smoke", f"paths.mvtec_root={tmp_path / 'nowhere'}", check=False)
+    assert proc.returncode != 0
+    assert "nowhere" in proc.stderr
+    (result,) = _results(tmp_path)
+    assert result["status"] == "failed" and result["error"]["type"] == "DataError"
+
+
+def test_unknown_verb_is_an_error(run_cli):
+    proc = run_cli("trian", check=False)
+    assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr

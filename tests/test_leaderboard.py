@@ -1,0 +1,83 @@
+"""Leaderboard: aggregation from result files, mean rows, paper numbers beside ours, failed rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from anobench.results.leaderboard import build_leaderboard, to_csv, write_leaderboard
+from anobench.results.record import read_result, write_result
+
+
+def _record(method, category, seed=0, status="ok", metrics=None, dataset="mvtec", finished="2026-01-01T00:00:00",
+            label="paper"):
+    rec = {"method": method, "dataset": dataset, "category": category, "seed": seed, "status": status,
+           "finished_at": finished, "budget": {"label": label}}
+    if status == "ok":
+        rec["metrics"] = metrics
+    else:
+        rec["error"] = {"type": "DataError", "message": "boom"}
+    return rec
+
+
+def _rows(board):
+    return {(r["dataset"], r["category"]): r for r in board.rows}
+
+
+def test_means_textures_objects_and_paper_columns():
+    results = [
+        _record("patch_svdd", "carpet", metrics={"image_auroc": 0.8, "pixel_auroc": 0.9, "pro": 0.7}),
+        _record("patch_svdd", "grid", metrics={"image_auroc": 0.6, "pixel_auroc": 0.7, "pro": 0.5}),
+        _record("patch_svdd", "bottle", metrics={"image_auroc": 1.0, "pixel_auroc": 0.95, "pro": 0.9}),
+    ]
+    rows = _rows(build_leaderboard(results))
+    assert rows[("mvtec", "Mean")][("patch_svdd", "image_auroc")]["mean"] == pytest.approx((0.8 + 0.6 + 1.0) / 3)
+    assert rows[("mvtec", "Texture mean")][("patch_svdd", "pro")]["mean"] == pytest.approx(0.6)
+    assert rows[("mvtec", "Object mean")][("patch_svdd", "pixel_auroc")]["mean"] == pytest.approx(0.95)
+    # Paper numbers (Patch SVDD, ACCV'20 Table 1) beside ours; paper means over the same categories.
+    assert rows[("mvtec", "carpet")][("patch_svdd", "image_auroc", "paper")] == pytest.approx(0.929)
+    assert rows[("mvtec", "Texture mean")][("patch_svdd", "image_auroc", "paper")] == pytest.approx((0.929 + 0.946) / 2)
+    assert rows[("mvtec", "bottle")][("patch_svdd", "pro", "paper")] is None  # the paper reports no PRO
+
+
+def test_seeds_average_latest_result_per_seed_wins_and_failures_show():
+    results = [
+        _record("m", "bottle", seed=0, metrics={"image_auroc": 0.2, "pixel_auroc": 0.2, "pro": 0.2}, finished="2026-01-01"),
+        _record("m", "bottle", seed=0, metrics={"image_auroc": 0.6, "pixel_auroc": 0.6, "pro": 0.6}, finished="2026-01-02"),
+        _record("m", "bottle", seed=1, metrics={"image_auroc": 0.8, "pixel_auroc": 0.8, "pro": 0.8}),
+        _record("m", "cable", status="failed"),
+    ]
+    board = build_leaderboard(results, paper={})
+    rows = _rows(board)
+    cell = rows[("mvtec", "bottle")][("m", "image_auroc")]
+    assert cell.mean == pytest.approx(0.7) and cell.std == pytest.approx(0.1414213, abs=1e-6)
+    assert rows[("mvtec", "cable")][("m", "pro")].failed == 1
+    table = list(csv.DictReader(io.StringIO(to_csv(board))))
+    by_category = {r["category"]: r for r in table}
+    assert by_category["cable"]["m/pro"] == "failed"
+    assert by_category["bottle"]["m/image_auroc/n_seeds"] == "2"
+    assert by_category["Mean"]["m/image_auroc"] == "0.700"  # the failed category does not drag the mean
+
+
+def test_write_leaderboard_reads_files_marks_reduced_budget_and_skips_broken(tmp_path):
+    write_result(tmp_path / "runs" / "a", _record("patch_svdd", "bottle", metrics={"image_auroc": 0.9, "pixel_auroc": 0.8, "pro": 0.7}, label="smoke"))
+    write_result(tmp_path / "runs" / "b", _record("patch_svdd", "weave", dataset="synthetic",
+                                                 metrics={"image_auroc": 0.75, "pixel_auroc": 0.8, "pro": 0.6}, label="reduced"))
+    (tmp_path / "runs" / "c").mkdir()
+    (tmp_path / "runs" / "c" / "result.json").write_text("{truncated")
+    board = write_leaderboard(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "| bottle | 0.900† | 0.986 |" in md  # ours (smoke budget, marked †), then the paper's
+    assert "## synthetic" in md and "| weave | 0.750†" in md
+    assert "runs/c/result.json" in md and "not a readable result file" in md
+    assert len(board.runs) == 2
+    assert (tmp_path / "leaderboard.csv").read_text().startswith("dataset,category,kind,")
+
+
+def test_read_result_names_file_with_missing_keys(tmp_path):
+    path = tmp_path / "result.json"
+    path.write_text('{"method": "x"}')
+    with pytest.raises(ValueError, match=r"result\.json.*lacks"):
+        read_result(path)
