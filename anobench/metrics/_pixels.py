@@ -1,0 +1,136 @@
+"""Pixel bookkeeping shared by the pixel-level metrics (pixel AU-ROC and AU-PRO).
+
+Both metrics only need two things from a category's maps and masks:
+
+* the scores of all GT-negative pixels, sorted ascending, and
+* the scores of all GT-positive pixels, each with 1 / (area of its GT region).
+
+Splitting the pixels once into those buffers costs about one copy of the scores and no index
+array over all pixels, so a full-resolution category (100 maps of 1024x1024) fits in ~1 GB on top
+of the caller's maps; sorting only values (not indices) keeps it fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+# 3x3 all-ones structuring element = 8-connectivity, exactly as in MVTec's evaluation script.
+REGION_STRUCTURE = np.ones((3, 3), dtype=int)
+
+
+@dataclass(frozen=True)
+class PixelSplit:
+    """Scores of a category's pixels, split by ground truth.
+
+    neg_sorted:  scores of GT-negative pixels, ascending.
+    pos_scores:  scores of GT-positive pixels, in image order.
+    pos_weights: 1 / area of the GT region each positive pixel belongs to (float64), or None when
+                 regions were not requested.
+    n_regions:   number of GT connected components over all images (0 when not requested).
+    """
+
+    neg_sorted: np.ndarray
+    pos_scores: np.ndarray
+    pos_weights: np.ndarray | None
+    n_regions: int
+
+
+def as_bool_mask(mask: np.ndarray) -> np.ndarray:
+    """Any non-zero GT pixel is foreground (MVTec masks are 0/255 PNGs)."""
+    m = np.asarray(mask)
+    return m if m.dtype == bool else m != 0
+
+
+def check_fpr_limit(fpr_limit: float) -> float:
+    """The integration limit must lie in (0, 1], as in MVTec's script."""
+    limit = float(fpr_limit)
+    if not 0.0 < limit <= 1.0:
+        raise ValueError(f"fpr_limit must lie in (0, 1], got {fpr_limit!r}")
+    return limit
+
+
+def check_pairs(anomaly_maps: Sequence, masks: Sequence) -> tuple[list, list]:
+    """Return maps and masks as lists after checking they pair up as 2-D arrays of equal shape."""
+    maps, masks = list(anomaly_maps), list(masks)
+    if len(maps) != len(masks):
+        raise ValueError(f"got {len(maps)} anomaly maps but {len(masks)} masks; they must pair up")
+    if not maps:
+        raise ValueError("no anomaly maps given")
+    for i, (a, m) in enumerate(zip(maps, masks)):
+        a_shape, m_shape = np.shape(a), np.shape(m)
+        if len(a_shape) != 2:
+            raise ValueError(f"anomaly_maps[{i}] must be 2-D, got shape {a_shape}")
+        if len(m_shape) != 2:
+            raise ValueError(f"masks[{i}] must be 2-D, got shape {m_shape}")
+        if a_shape != m_shape:
+            raise ValueError(
+                f"anomaly_maps[{i}] has shape {a_shape} but masks[{i}] has shape {m_shape}; "
+                "they must match (upsample the map to the mask's size first)"
+            )
+    return maps, masks
+
+
+def common_score_dtype(maps: Sequence) -> np.dtype:
+    """Smallest float dtype holding every map's scores exactly (at least float32).
+
+    Casting float64 maps down to float32 would merge distinct scores into ties and change the
+    curves, so the scores keep their precision.
+    """
+    dtypes = (np.asarray(a).dtype for a in maps)
+    return functools.reduce(np.promote_types, dtypes, np.dtype(np.float32))
+
+
+def split_pixels(
+    get_map: Callable[[int], np.ndarray],
+    masks: Sequence[np.ndarray],
+    dtype: np.dtype,
+    with_regions: bool,
+) -> PixelSplit:
+    """Split all pixels of a category into sorted negatives and weighted positives.
+
+    get_map(i) returns map i (2-D, same shape as masks[i]); it is called once per image, in order,
+    so callers can produce maps lazily (e.g. upsample one at a time) instead of holding them all.
+    """
+    n_pos = [int(np.count_nonzero(m)) for m in masks]
+    n_all = sum(int(np.size(m)) for m in masks)
+    n_pos_total = sum(n_pos)
+    neg = np.empty(n_all - n_pos_total, dtype=dtype)
+    pos = np.empty(n_pos_total, dtype=dtype)
+    weights = np.empty(n_pos_total, dtype=np.float64) if with_regions else None
+    n_regions = 0
+    j_neg = j_pos = 0
+    for i, mask in enumerate(masks):
+        m = as_bool_mask(mask)
+        a = np.asarray(get_map(i))
+        if a.shape != m.shape:
+            raise ValueError(f"anomaly_maps[{i}] has shape {a.shape} but masks[{i}] has shape {m.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"anomaly_maps[{i}] contains NaN or infinite scores")
+        k = n_pos[i]
+        if k == 0:  # good image: every pixel is negative
+            neg[j_neg : j_neg + a.size] = a.ravel()
+            j_neg += a.size
+            continue
+        neg[j_neg : j_neg + a.size - k] = a[~m]
+        pos[j_pos : j_pos + k] = a[m]
+        if with_regions:
+            labeled, n_comp = ndimage.label(m, structure=REGION_STRUCTURE)
+            areas = np.bincount(labeled.ravel())  # areas[0] counts the background, unused
+            weights[j_pos : j_pos + k] = 1.0 / areas[labeled[m]]
+            n_regions += n_comp
+        j_neg += a.size - k
+        j_pos += k
+    neg.sort()
+    return PixelSplit(neg_sorted=neg, pos_scores=pos, pos_weights=weights, n_regions=n_regions)
+
+
+def warn_undefined(what: str, why: str) -> float:
+    """Emit the reason a metric is undefined and return NaN (metrics never raise for this)."""
+    warnings.warn(f"{what} is undefined ({why}); returning nan", RuntimeWarning, stacklevel=3)
+    return float("nan")

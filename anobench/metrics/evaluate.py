@@ -1,0 +1,147 @@
+"""Category evaluation: the one entry point the harness calls after a test run.
+
+MVTec's protocol evaluates at the ground-truth resolution, so model-resolution maps are upsampled
+(bilinear, align_corners=False) to each mask's size. Maps are upsampled one at a time and consumed
+immediately, so the full-resolution category is never held as a stack of maps.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anobench.metrics._pixels import as_bool_mask, check_fpr_limit, common_score_dtype, split_pixels
+from anobench.metrics.auroc import auroc_from_split, image_auroc
+from anobench.metrics.pro import aupro_from_split
+
+RESOLUTIONS = ("ground_truth", "model")
+
+
+def upsample_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize a 2-D map to ``size`` = (H, W) and return it as float32.
+
+    Uses torch's ``interpolate(mode="bilinear", align_corners=False)``, the resize most methods
+    apply themselves. The map is cast to float32 first. When the size already matches, the map is
+    returned as float32 without resampling (no copy if it already is float32).
+    """
+    a = np.asarray(anomaly_map)
+    if a.ndim != 2:
+        raise ValueError(f"anomaly map must be 2-D, got shape {a.shape}")
+    out_size = _check_size(size)
+    if a.shape == out_size:
+        return a.astype(np.float32, copy=False)
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        out = F.interpolate(t, size=out_size, mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def downsample_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a GT mask to ``size`` (torch ``interpolate(mode="nearest")``).
+
+    The mask is made 0/1 float, resized, and thresholded at 0.5; torch's "nearest" picks source
+    pixel floor(dst * in / out). Used only for resolution="model" (not MVTec's protocol).
+    """
+    m = as_bool_mask(mask)
+    out_size = _check_size(size)
+    if m.shape == out_size:
+        return m
+    t = torch.from_numpy(m.astype(np.float32))[None, None]
+    return (F.interpolate(t, size=out_size, mode="nearest")[0, 0] > 0.5).numpy()
+
+
+def evaluate_category(
+    anomaly_maps: Sequence[np.ndarray],
+    image_scores: Sequence[float] | np.ndarray,
+    masks: Sequence[np.ndarray],
+    labels: Sequence[int] | np.ndarray,
+    resolution: str = "ground_truth",
+    fpr_limit: float = 0.3,
+) -> dict:
+    """Image AU-ROC, pixel AU-ROC and AU-PRO of one category's test run.
+
+    anomaly_maps: 2-D float maps at model resolution, one per test image.
+    image_scores: one score per image (higher = more anomalous).
+    masks:        2-D GT masks at their original resolution (all zero for good images).
+    labels:       1 = defective, 0 = good.
+    resolution:   "ground_truth" (MVTec protocol: maps upsampled to each mask's size) or "model"
+                  (masks downsampled to each map's size with nearest neighbour; cheaper, not official).
+
+    ``n_regions`` counts GT regions at the resolution the metrics ran at; ``timings.upsample_s`` is
+    the time spent resampling (maps or masks), ``metrics_s`` the rest.
+    """
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {', '.join(map(repr, RESOLUTIONS))}; got {resolution!r}")
+    limit = check_fpr_limit(fpr_limit)
+    maps, masks = list(anomaly_maps), list(masks)
+    scores, labels = np.asarray(image_scores), np.asarray(labels)
+    n = len(maps)
+    for name, length in (("image_scores", len(scores)), ("masks", len(masks)), ("labels", len(labels))):
+        if length != n:
+            raise ValueError(f"{name} has {length} entries but anomaly_maps has {n}; one per test image is needed")
+    for i, (a, m) in enumerate(zip(maps, masks)):
+        if np.ndim(a) != 2:
+            raise ValueError(f"anomaly_maps[{i}] must be 2-D, got shape {np.shape(a)}")
+        if np.ndim(m) != 2:
+            raise ValueError(f"masks[{i}] must be 2-D, got shape {np.shape(m)}")
+
+    start = time.perf_counter()
+    img_auroc = image_auroc(scores, labels)  # validates labels before the heavy pixel work
+    _warn_label_mask_mismatch(labels, masks)
+
+    resample_s = 0.0
+    if resolution == "ground_truth":
+
+        def get_map(i: int) -> np.ndarray:
+            nonlocal resample_s
+            t0 = time.perf_counter()
+            out = upsample_map(maps[i], np.shape(masks[i]))
+            resample_s += time.perf_counter() - t0
+            return out
+
+        eval_masks, dtype = masks, np.dtype(np.float32)
+    else:
+        t0 = time.perf_counter()
+        eval_masks = [downsample_mask(m, np.shape(a)) for a, m in zip(maps, masks)]
+        resample_s = time.perf_counter() - t0
+        get_map, dtype = maps.__getitem__, common_score_dtype(maps)
+
+    split = split_pixels(get_map, eval_masks, dtype, with_regions=True)
+    metrics = {
+        "image_auroc": img_auroc,
+        "pixel_auroc": auroc_from_split(split),
+        "pro": aupro_from_split(split, limit),
+    }
+    total_s = time.perf_counter() - start
+    return {
+        "metrics": metrics,
+        "resolution": resolution,
+        "fpr_limit": limit,
+        "n_images": n,
+        "n_defective": int(np.count_nonzero(labels == 1)),
+        "n_regions": split.n_regions,
+        "timings": {"upsample_s": resample_s, "metrics_s": total_s - resample_s},
+    }
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    if len(size) != 2 or any(int(s) != s or s <= 0 for s in size):
+        raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _warn_label_mask_mismatch(labels: np.ndarray, masks: Sequence[np.ndarray]) -> None:
+    """A label that disagrees with its mask usually means maps, masks and labels are out of order."""
+    bad = [i for i, (y, m) in enumerate(zip(labels, masks)) if bool(y == 1) != bool(np.any(m))]
+    if bad:
+        warnings.warn(
+            f"{len(bad)} image(s) have a label that disagrees with the mask (label 1 needs a non-empty "
+            f"mask, label 0 an empty one), first indices {bad[:5]}; check that inputs are in the same order",
+            RuntimeWarning,
+            stacklevel=2,
+        )

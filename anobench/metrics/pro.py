@@ -1,0 +1,164 @@
+"""AU-PRO exactly as MVTec AD's official evaluation script (2021) computes it.
+
+Protocol (see shared/methods.md, section 2.2):
+
+* GT regions are the connected components of each mask (``scipy.ndimage.label`` with a 3x3 ones
+  structure, i.e. 8-connectivity); any non-zero GT pixel is foreground.
+* FPR = false-positive pixels / GT-negative pixels of ALL images (good images included).
+* PRO = mean over ALL regions of ALL images of (region pixels >= threshold) / region area.
+* One curve point per distinct score (ties merged: a run of equal scores is one step), clipped to
+  <= 1, with (0, 0) prepended and (1, 1) appended.
+* AU-PRO = ``trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit``.
+
+``aupro`` integrates a reduced curve: between two thresholds that hold positive pixels only the
+FPR changes, so the exact curve runs horizontally there and its intermediate points are collinear.
+Keeping the two end points of each such run gives the same area and the same interpolated value at
+the limit, while needing only a value sort of the negatives (no index array over 100 M pixels).
+``pro_curve`` returns the exact, unreduced curve (one point per distinct score) for inspection.
+
+Edge cases (the official script would divide by zero): no GT region at all, or no GT-negative
+pixel at all -> AU-PRO is nan, with a RuntimeWarning.
+
+Precision: the official script stores FPRs as float32; we keep them in float64 (exact count / N),
+so results can differ from it in about the 7th significant digit, never more.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from anobench.metrics._pixels import (
+    PixelSplit,
+    check_fpr_limit,
+    check_pairs,
+    common_score_dtype,
+    split_pixels,
+    warn_undefined,
+)
+
+
+def aupro(anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], fpr_limit: float = 0.3) -> float:
+    """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec's official AU-PRO).
+
+    Maps and masks pair up by index and must have equal shapes (the protocol evaluates at the
+    ground-truth resolution). Returns nan when the masks hold no region or no normal pixel.
+    """
+    limit = check_fpr_limit(fpr_limit)
+    maps, masks = check_pairs(anomaly_maps, masks)
+    split = split_pixels(maps.__getitem__, masks, common_score_dtype(maps), with_regions=True)
+    return aupro_from_split(split, limit)
+
+
+def aupro_from_split(split: PixelSplit, fpr_limit: float) -> float:
+    """AU-PRO from already split pixels (lets evaluate_category share one split with pixel AU-ROC)."""
+    limit = check_fpr_limit(fpr_limit)
+    if not _pro_defined(split, "AU-PRO"):
+        return float("nan")
+    fprs, pros = _reduced_curve(split)
+    return float(trapezoid(fprs, pros, x_max=limit) / limit)
+
+
+def pro_curve(anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The exact (FPR, PRO) curve of MVTec's script: one point per distinct score, plus (0,0) and (1,1).
+
+    Materialises several arrays as long as the number of pixels (argsort over all of them), so it is
+    meant for inspection and small inputs; ``aupro`` does not use it. Where the curve is undefined
+    (no region / no normal pixel) the affected coordinate is nan, with a RuntimeWarning.
+    """
+    maps, masks = check_pairs(anomaly_maps, masks)
+    split = split_pixels(maps.__getitem__, masks, common_score_dtype(maps), with_regions=True)
+    n_neg, n_regions = split.neg_sorted.size, split.n_regions
+    _pro_defined(split, "the PRO curve")
+    scores = np.concatenate([split.neg_sorted, split.pos_scores])
+    order = np.argsort(scores, kind="stable")[::-1]  # descending
+    scores = scores[order]
+    run_end = np.append(scores[1:] != scores[:-1], True)  # keep the last point of each tie run
+    del scores
+    fp_cum = np.cumsum(order < n_neg, dtype=np.int64)[run_end]  # negatives come first in `scores`
+    pro_cum = np.cumsum(np.concatenate([np.zeros(n_neg), split.pos_weights])[order])[run_end]
+    fprs = fp_cum / n_neg if n_neg else np.full(fp_cum.size, np.nan)
+    pros = pro_cum / n_regions if n_regions else np.full(pro_cum.size, np.nan)
+    return _close_curve(fprs, pros)
+
+
+def trapezoid(x: np.ndarray, y: np.ndarray, x_max: float | None = None) -> float:
+    """Trapezoidal area under (x, y) up to ``x_max``, with MVTec's semantics (``generic_util.trapezoid``).
+
+    x must be ascending (repeats allowed). Points with x <= x_max are integrated; if x_max is not
+    itself a sample, a correction trapezoid runs from the last sample below it to x_max, with y
+    interpolated linearly between that sample and the next. Non-finite points are dropped with a
+    warning. Where MVTec asserts, we stay defined: x_max beyond the last sample integrates up to the
+    last sample (no extrapolation); x_max below the first sample gives 0.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not finite.all():
+        warnings.warn("trapezoid: dropping non-finite x or y values", RuntimeWarning, stacklevel=2)
+        x, y = x[finite], y[finite]
+    correction = 0.0
+    if x_max is not None:
+        if not np.any(x == x_max):
+            ins = int(np.searchsorted(x, x_max, side="right"))  # = bisect.bisect(x, x_max)
+            if ins == 0:
+                return 0.0
+            if ins < len(x):
+                x0, x1, y0, y1 = x[ins - 1], x[ins], y[ins - 1], y[ins]
+                y_interp = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
+                correction = 0.5 * (y_interp + y0) * (x_max - x0)
+        keep = x <= x_max
+        x, y = x[keep], y[keep]
+    return float(np.sum(0.5 * (y[1:] + y[:-1]) * (x[1:] - x[:-1])) + correction)
+
+
+def _pro_defined(split: PixelSplit, what: str) -> bool:
+    """Warn and return False where MVTec's script would divide by zero."""
+    if split.n_regions == 0:
+        warn_undefined(what, "the masks contain no anomalous region")
+        return False
+    if split.neg_sorted.size == 0:
+        warn_undefined(what, "the masks contain no normal pixel, so FPR has no denominator")
+        return False
+    return True
+
+
+def _reduced_curve(split: PixelSplit) -> tuple[np.ndarray, np.ndarray]:
+    """The PRO curve reduced to the points around each distinct positive-pixel score.
+
+    For each distinct score t among GT-positive pixels (descending) two points are kept:
+    A = (FPR, PRO) of all pixels with score > t, B = those with score >= t. A is the exact curve's
+    point at the next higher distinct score (or (0, 0) if none), B its point at t; between B of one
+    t and A of the next only negatives enter, so the exact curve is horizontal there. A final point
+    at the lowest score (FPR = 1) closes the horizontal run after the last positive score.
+    """
+    neg = split.neg_sorted
+    n_neg, n_regions = neg.size, split.n_regions
+    order = np.argsort(split.pos_scores)[::-1]  # descending; order inside ties is irrelevant
+    scores = split.pos_scores[order]
+    pro_cum = np.cumsum(split.pos_weights[order])
+    run_end = np.append(scores[1:] != scores[:-1], True)
+    thresholds = scores[run_end]  # distinct, descending
+    pro_ge = pro_cum[run_end] / n_regions
+    pro_gt = np.concatenate([[0.0], pro_ge[:-1]])
+    ascending = thresholds[::-1]
+    fp_ge = n_neg - np.searchsorted(neg, ascending, side="left")[::-1]
+    fp_gt = n_neg - np.searchsorted(neg, ascending, side="right")[::-1]
+    k = thresholds.size
+    fprs = np.empty(2 * k + 1)
+    pros = np.empty(2 * k + 1)
+    fprs[0 : 2 * k : 2] = fp_gt / n_neg
+    fprs[1 : 2 * k : 2] = fp_ge / n_neg
+    pros[0 : 2 * k : 2] = pro_gt
+    pros[1 : 2 * k : 2] = pro_ge
+    fprs[-1], pros[-1] = 1.0, pro_ge[-1]  # the point at the lowest score: all negatives counted
+    return _close_curve(fprs, pros)
+
+
+def _close_curve(fprs: np.ndarray, pros: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Clip to <= 1 (cumsum rounding) and add (0, 0) and (1, 1), as MVTec's compute_pro does."""
+    np.minimum(fprs, 1.0, out=fprs)
+    np.minimum(pros, 1.0, out=pros)
+    return np.concatenate([[0.0], fprs, [1.0]]), np.concatenate([[0.0], pros, [1.0]])

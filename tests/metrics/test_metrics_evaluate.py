@@ -1,0 +1,142 @@
+"""evaluate_category and upsample_map: resolution handling, result layout, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from anobench.metrics import aupro, evaluate_category, image_auroc, pixel_auroc, upsample_map
+
+
+def test_upsample_map_bilinear_half_pixel_centres():
+    # align_corners=False: output x samples input at (x + .5) / 2 - .5 -> -.25 (clamped), .25, .75, 1.25 (clamped)
+    out = upsample_map(np.array([[0.0, 1.0]]), (1, 4))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.0, 0.25, 0.75, 1.0]])
+
+
+def test_upsample_map_identity_and_validation():
+    a = np.random.rand(5, 7)
+    out = upsample_map(a, (5, 7))
+    assert out.dtype == np.float32 and out.shape == (5, 7)
+    np.testing.assert_array_equal(out, a.astype(np.float32))
+    assert upsample_map(np.arange(6, dtype=np.float32).reshape(2, 3), (4, 9)).shape == (4, 9)
+    with pytest.raises(ValueError, match=r"must be 2-D, got shape \(1, 2, 2\)"):
+        upsample_map(np.zeros((1, 2, 2)), (4, 4))
+    with pytest.raises(ValueError, match="two positive integers"):
+        upsample_map(np.zeros((2, 2)), (0, 4))
+
+
+def make_category(rng):
+    """Five images: maps at 8x8 model resolution, masks at various original resolutions."""
+    mask_shapes = [(16, 16), (12, 20), (16, 16), (24, 8), (16, 16)]
+    labels = np.array([0, 1, 1, 0, 1])
+    maps, masks = [], []
+    for shape, label in zip(mask_shapes, labels):
+        mask = np.zeros(shape, bool)
+        if label:
+            h, w = shape
+            mask[h // 4 : h // 2, w // 4 : w // 2] = True
+            mask[-2:, -3:] = True  # a second region
+        small = np.round(rng.random((8, 8)), 2)
+        small[2:4, 2:4] += 0.5 * label  # brighter where the defect is, as a model would
+        maps.append(small)
+        masks.append(mask)
+    scores = np.array([m.max() for m in maps])
+    return maps, scores, masks, labels
+
+
+def test_ground_truth_resolution_upsamples_maps_to_each_mask():
+    maps, scores, masks, labels = make_category(np.random.default_rng(0))
+    result = evaluate_category(maps, scores, masks, labels)
+    up = [upsample_map(a, m.shape) for a, m in zip(maps, masks)]
+    assert result["metrics"]["pro"] == pytest.approx(aupro(up, masks), abs=1e-12)
+    assert result["metrics"]["pixel_auroc"] == pytest.approx(pixel_auroc(up, masks), abs=1e-12)
+    assert result["metrics"]["image_auroc"] == image_auroc(scores, labels)
+    flat_scores = np.concatenate([u.ravel() for u in up])
+    flat_labels = np.concatenate([m.ravel() for m in masks])
+    assert result["metrics"]["pixel_auroc"] == pytest.approx(roc_auc_score(flat_labels, flat_scores), abs=1e-12)
+    assert result["resolution"] == "ground_truth"
+    assert result["fpr_limit"] == 0.3
+    assert (result["n_images"], result["n_defective"], result["n_regions"]) == (5, 3, 6)
+    assert set(result["timings"]) == {"upsample_s", "metrics_s"}
+    assert all(v >= 0 for v in result["timings"].values())
+
+
+def test_model_resolution_downsamples_masks_nearest():
+    maps, scores, masks, labels = make_category(np.random.default_rng(1))
+    result = evaluate_category(maps, scores, masks, labels, resolution="model", fpr_limit=0.2)
+    # torch "nearest" takes source pixel floor(dst * in / out)
+    small_masks = []
+    for m in masks:
+        rows = np.floor(np.arange(8) * m.shape[0] / 8).astype(int)
+        cols = np.floor(np.arange(8) * m.shape[1] / 8).astype(int)
+        small_masks.append(m[np.ix_(rows, cols)])
+    assert result["metrics"]["pro"] == pytest.approx(aupro(maps, small_masks, fpr_limit=0.2), abs=1e-12)
+    assert result["metrics"]["pixel_auroc"] == pytest.approx(pixel_auroc(maps, small_masks), abs=1e-12)
+    assert result["resolution"] == "model" and result["fpr_limit"] == 0.2
+    # the protocol's ground-truth resolution gives a different number on the same inputs
+    gt = evaluate_category(maps, scores, masks, labels, fpr_limit=0.2)
+    assert gt["metrics"]["pro"] != pytest.approx(result["metrics"]["pro"], abs=1e-6)
+
+
+def test_model_resolution_counts_regions_after_downsampling():
+    # a 1-pixel region at an odd position of a 16x16 mask vanishes at 8x8 (nearest takes even pixels)
+    mask = np.zeros((16, 16), bool)
+    mask[1, 1] = True
+    mask[8:12, 8:12] = True
+    maps = [np.random.rand(8, 8), np.random.rand(8, 8)]
+    masks = [mask, np.zeros((16, 16), bool)]
+    model = evaluate_category(maps, [1.0, 0.0], masks, [1, 0], resolution="model")
+    truth = evaluate_category(maps, [1.0, 0.0], masks, [1, 0])
+    assert (model["n_regions"], truth["n_regions"]) == (1, 2)
+
+
+def test_bad_resolution_names_allowed_values():
+    maps, scores, masks, labels = make_category(np.random.default_rng(2))
+    with pytest.raises(ValueError, match=r"resolution must be one of 'ground_truth', 'model'; got 'native'"):
+        evaluate_category(maps, scores, masks, labels, resolution="native")
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("image_scores", "image_scores has 4 entries but anomaly_maps has 5"),
+        ("masks", "masks has 4 entries but anomaly_maps has 5"),
+        ("labels", "labels has 4 entries but anomaly_maps has 5"),
+    ],
+)
+def test_length_mismatch_names_the_argument(drop, message):
+    maps, scores, masks, labels = make_category(np.random.default_rng(3))
+    args = {"anomaly_maps": maps, "image_scores": scores, "masks": masks, "labels": labels}
+    args[drop] = args[drop][:4]
+    with pytest.raises(ValueError, match=message):
+        evaluate_category(**args)
+
+
+def test_non_2d_inputs_and_bad_limit_are_rejected():
+    maps, scores, masks, labels = make_category(np.random.default_rng(4))
+    with pytest.raises(ValueError, match=r"anomaly_maps\[2\] must be 2-D, got shape \(1, 8, 8\)"):
+        evaluate_category(maps[:2] + [maps[2][None]] + maps[3:], scores, masks, labels)
+    with pytest.raises(ValueError, match=r"masks\[0\] must be 2-D"):
+        evaluate_category(maps, scores, [masks[0][..., None]] + masks[1:], labels)
+    with pytest.raises(ValueError, match=r"fpr_limit must lie in \(0, 1\]"):
+        evaluate_category(maps, scores, masks, labels, fpr_limit=0)
+
+
+def test_labels_disagreeing_with_masks_warn():
+    maps, scores, masks, labels = make_category(np.random.default_rng(5))
+    labels = labels.copy()
+    labels[0] = 1  # image 0 has an empty mask
+    with pytest.warns(RuntimeWarning, match=r"disagrees with the mask.*first indices \[0\]"):
+        evaluate_category(maps, scores, masks, labels)
+
+
+def test_all_good_category_gives_nan_pixel_metrics():
+    maps = [np.random.rand(8, 8) for _ in range(3)]
+    masks = [np.zeros((16, 16), bool)] * 3
+    with pytest.warns(RuntimeWarning):
+        result = evaluate_category(maps, [0.1, 0.2, 0.3], masks, [0, 0, 0])
+    assert all(np.isnan(v) for v in result["metrics"].values())
+    assert result["n_regions"] == 0 and result["n_defective"] == 0
