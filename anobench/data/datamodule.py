@@ -1,0 +1,262 @@
+"""Lightning DataModule shared by every method: same images, same order, same test indexing.
+
+Why: methods must be compared on identical inputs, so loading, resizing and the test order live
+here once. Images are float tensors in [0, 1] without normalisation (each method normalises
+inside its own model). Ground-truth masks stay at their original resolution: the evaluator
+upsamples maps to them, so ``load_mask(i)`` returns the mask of ``test_samples[i]`` unresized.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from anobench.data.mvtec import CategoryIndex, Sample, image_size, index_category, load_image, load_mask, resolve_root
+from anobench.data.synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic
+from anobench.errors import ConfigError
+
+__all__ = ["AnomalyDataModule", "AUGMENT_KEYS", "DEFAULT_SYNTHETIC_ROOT"]
+
+DATASETS = ("mvtec", "synthetic")
+AUGMENT_KEYS = ("hflip", "vflip", "rotate90", "color_jitter")
+SYNTHETIC_KEYS = ("seed", "image_size", "n_train", "n_test_good", "n_test_per_defect")
+DEFAULT_SYNTHETIC_ROOT = Path("data") / "synthetic"
+
+
+def _augment(image: torch.Tensor, augment: dict[str, Any], seed: int) -> torch.Tensor:
+    """Light, label-free augmentation driven by a per-draw seed (independent of workers)."""
+    g = torch.Generator().manual_seed(seed)
+    if augment.get("hflip") and torch.rand((), generator=g) < 0.5:
+        image = image.flip(-1)
+    if augment.get("vflip") and torch.rand((), generator=g) < 0.5:
+        image = image.flip(-2)
+    if augment.get("rotate90"):
+        k = int(torch.randint(0, 4, (), generator=g))
+        image = torch.rot90(image, k, dims=(-2, -1))
+    strength = float(augment.get("color_jitter") or 0.0)
+    if strength > 0:
+        b, c, s = (1.0 + strength * (2 * torch.rand(3, generator=g) - 1)).tolist()
+        image = image * b
+        mean = image.mean()
+        image = mean + (image - mean) * c
+        grey = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]).unsqueeze(0)
+        image = grey + (image - grey) * s
+        image = image.clamp(0.0, 1.0)
+    return image.contiguous()
+
+
+class _ImageDataset(Dataset):
+    """Samples → resized float images; resized uint8 copies are cached (repeats are cheap)."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        size: int,
+        augment: dict[str, Any] | None = None,
+        with_label: bool = False,
+        with_index: bool = True,
+    ) -> None:
+        self.samples = samples
+        self.size = size
+        self.augment = augment
+        self.with_label = with_label
+        self.with_index = with_index
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _pixels(self, i: int) -> np.ndarray:
+        pixels = self._cache.get(i)
+        if pixels is None:
+            image = load_image(self.samples[i].image_path)
+            if image.size != (self.size, self.size):
+                image = image.resize((self.size, self.size), Image.BILINEAR)
+            pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+            self._cache[i] = pixels
+        return pixels
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        i, aug_seed = item if isinstance(item, tuple) else (item, None)
+        image = torch.from_numpy(self._pixels(i)).float().div_(255.0)
+        if self.augment and aug_seed is not None:
+            image = _augment(image, self.augment, aug_seed)
+        out: dict[str, Any] = {"image": image}
+        if self.with_label:
+            out["label"] = self.samples[i].label
+        if self.with_index:
+            out["index"] = i
+        return out
+
+
+class _RepeatShuffleSampler(Sampler):
+    """Each epoch: ``repeats`` seeded permutations of the dataset, each draw with an augment seed.
+
+    The permutation depends only on (seed, epoch), so the batch order is reproducible and does
+    not depend on global RNG state or on the number of workers.
+    """
+
+    def __init__(self, n: int, repeats: int, seed: int) -> None:
+        self.n, self.repeats, self.seed = n, repeats, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n * self.repeats
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch)
+        self.epoch += 1
+        order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(self.repeats)])
+        aug_seeds = torch.randint(0, 2**31 - 1, (len(order),), generator=g)
+        return iter(zip(order.tolist(), aug_seeds.tolist()))
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """MVTec AD or a synthetic category as train / inference-train / test loaders."""
+
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        category: str,
+        root: str | None = None,
+        image_size: int = 256,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        train_repeats: int = 1,
+        augment: dict | None = None,
+        synthetic: dict | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ConfigError(f"data.dataset='{dataset}' is not supported; expected one of: {', '.join(DATASETS)}")
+        if dataset == "synthetic" and category not in SYNTHETIC_CATEGORIES:
+            raise ConfigError(
+                f"data.category='{category}' is not a synthetic category; expected one of: "
+                f"{', '.join(SYNTHETIC_CATEGORIES)}"
+            )
+        for key, value, low in (
+            ("image_size", image_size, 8),
+            ("train_batch_size", train_batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("train_repeats", train_repeats, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"data.{key}={value!r} is invalid; expected an integer >= {low}")
+        augment = dict(augment or {})
+        unknown = sorted(set(augment) - set(AUGMENT_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"data.augment has unknown key(s) {', '.join(unknown)}; expected some of: {', '.join(AUGMENT_KEYS)}"
+            )
+        jitter = augment.get("color_jitter") or 0.0
+        if not isinstance(jitter, (int, float)) or not 0.0 <= float(jitter) < 1.0:
+            raise ConfigError(f"data.augment.color_jitter={jitter!r} is invalid; expected a number in [0, 1)")
+        synthetic = dict(synthetic or {})
+        unknown = sorted(set(synthetic) - set(SYNTHETIC_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"data.synthetic has unknown key(s) {', '.join(unknown)}; expected some of: {', '.join(SYNTHETIC_KEYS)}"
+            )
+        self.dataset = dataset
+        self.category = category
+        self.root = root
+        self.image_size = image_size
+        self.train_batch_size = train_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.train_repeats = train_repeats
+        self.augment = {k: v for k, v in augment.items() if v}
+        self.synthetic = synthetic
+        self.seed = int(seed)
+        self.index: CategoryIndex | None = None
+        self._datasets: dict[str, _ImageDataset] = {}
+        self._train_sampler: _RepeatShuffleSampler | None = None
+
+    # --- setup -------------------------------------------------------------------------------
+    def _root(self) -> Path:
+        if self.dataset == "synthetic":
+            return Path(self.root).expanduser() if self.root else DEFAULT_SYNTHETIC_ROOT
+        return resolve_root(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index the category once (generating a synthetic one on first use)."""
+        if self.index is not None:
+            return
+        root = self._root()
+        if self.dataset == "synthetic":
+            ensure_synthetic(root, self.category, **self.synthetic)
+        self.index = index_category(root, self.category)
+
+    def _require_index(self) -> CategoryIndex:
+        if self.index is None:
+            self.setup()
+        assert self.index is not None
+        return self.index
+
+    def _dataset(self, name: str) -> _ImageDataset:
+        ds = self._datasets.get(name)
+        if ds is None:
+            index = self._require_index()
+            if name == "train":
+                ds = _ImageDataset(index.train, self.image_size, augment=self.augment, with_index=False)
+            elif name == "inference_train":
+                ds = _ImageDataset(index.train, self.image_size)
+            else:
+                ds = _ImageDataset(index.test, self.image_size, with_label=True)
+            self._datasets[name] = ds
+        return ds
+
+    def _loader(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+            **kwargs,
+        )
+
+    # --- loaders -----------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) training images, repeated ``train_repeats`` times per epoch."""
+        ds = self._dataset("train")
+        if self._train_sampler is None:
+            self._train_sampler = _RepeatShuffleSampler(len(ds), self.train_repeats, self.seed)
+        return self._loader(
+            ds,
+            self.train_batch_size,
+            sampler=self._train_sampler,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def inference_train_dataloader(self) -> DataLoader:
+        """Training images in index order, un-augmented: for memory banks / statistics."""
+        return self._loader(self._dataset("inference_train"), self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test images in ``test_samples`` order with their label and index."""
+        return self._loader(self._dataset("test"), self.eval_batch_size, shuffle=False)
+
+    # --- evaluation helpers ------------------------------------------------------------------
+    @property
+    def test_samples(self) -> list[Sample]:
+        """Test samples; batch["index"] indexes this list."""
+        return self._require_index().test
+
+    def load_mask(self, i: int) -> np.ndarray:
+        """Bool H×W ground truth of test image i at its original resolution (all False if good)."""
+        sample = self.test_samples[i]
+        width, height = image_size(sample.image_path)
+        if sample.mask_path is None:
+            return np.zeros((height, width), dtype=bool)
+        return load_mask(sample.mask_path, expected_size=(width, height))
