@@ -1,0 +1,114 @@
+"""Lightning side of Patch SVDD: losses, pair sampling, normalisation mean and banks.
+
+Training step (official main_train.py): for every image of the batch draw one pair of each kind —
+position pair and SVDD' pair, for K = 64 (hierarchical encoder) and K = 32 (its inner small
+encoder) — and minimise
+
+    L = L_pos,64 + L_pos,32 + λ · (L_svdd,64 + L_svdd,32)
+
+with L_pos the cross-entropy of the 8-way relative-position classifier (one per K) and L_svdd the
+mean L2 distance between the embeddings of a patch and its jittered copy. As in the official code,
+only position-pair patches get the per-patch RGB shift N(0, rgb_shift_std) and pixel noise
+N(0, pixel_noise_std); SVDD' patches are clean crops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from anobench.methods.base import AnomalyModule, OptimizerFactory
+from anobench.methods.patch_svdd.sampling import (
+    check_image_size,
+    crop_patches,
+    sample_position_pairs,
+    sample_svdd_pairs,
+)
+from anobench.methods.patch_svdd.torch_model import BIG_K, SMALL_K, PatchSVDDModel, PositionClassifier
+from anobench.methods.registry import register_method
+
+
+def _images(loader: DataLoader):
+    for batch in loader:
+        yield batch["image"] if isinstance(batch, dict) else batch
+
+
+@register_method("patch_svdd")
+class PatchSVDD(AnomalyModule):
+    """Patch SVDD (Yi & Yoon, ACCV 2020). See README.md next to this file."""
+
+    def __init__(
+        self,
+        embedding_dim: int = 64,
+        lambda_svdd: float = 1.0,
+        rgb_shift_std: float = 0.02,
+        pixel_noise_std: float = 0.02,
+        bank_subsample: float | int | None = None,
+        nn_chunk_size: int = 4096,
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__(optimizer)
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.lambda_svdd = lambda_svdd
+        self.rgb_shift_std = rgb_shift_std
+        self.pixel_noise_std = pixel_noise_std
+        self.bank_subsample = bank_subsample
+        self.model = PatchSVDDModel(embedding_dim=embedding_dim, nn_chunk_size=nn_chunk_size)
+        self.classifier_64 = PositionClassifier(embedding_dim)
+        self.classifier_32 = PositionClassifier(embedding_dim)
+
+    # --- normalisation mean -------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "inference_train_dataloader"):
+            raise RuntimeError("PatchSVDD needs trainer.fit(..., datamodule=...) with inference_train_dataloader()")
+        self.model.fit_mean(_images(datamodule.inference_train_dataloader()))
+
+    # --- training -----------------------------------------------------------------------------
+    def _perturb(self, patches: torch.Tensor) -> torch.Tensor:
+        n, c = patches.shape[:2]
+        shift = torch.randn(n, c, 1, 1, device=patches.device, dtype=patches.dtype) * self.rgb_shift_std
+        noise = torch.randn(patches.shape, device=patches.device, dtype=patches.dtype) * self.pixel_noise_std
+        return patches + shift + noise
+
+    def compute_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All loss terms for one batch of [0, 1] images (B×3×H×W); 'loss' is the total."""
+        n, _, height, width = images.shape
+        check_image_size(height, width, BIG_K)
+        x = self.model.normalize(images)
+        encoders = {BIG_K: self.model.encoder, SMALL_K: self.model.encoder_small}
+        classifiers = {BIG_K: self.classifier_64, SMALL_K: self.classifier_32}
+        out: dict[str, torch.Tensor] = {}
+        for k in (BIG_K, SMALL_K):
+            c1, c2, labels = sample_position_pairs(n, height, width, k)
+            s1, s2 = sample_svdd_pairs(n, height, width, k)
+            pos = torch.cat([self._perturb(crop_patches(x, c1, k)), self._perturb(crop_patches(x, c2, k))])
+            svdd = torch.cat([crop_patches(x, s1, k), crop_patches(x, s2, k)])
+            h = encoders[k](torch.cat([pos, svdd]))  # one encoder pass for both tasks
+            h_pos1, h_pos2, h_svdd1, h_svdd2 = h.split(n, dim=0)
+            logits = classifiers[k](h_pos1, h_pos2)
+            labels = labels.to(logits.device)
+            out[f"loss_pos_{k}"] = F.cross_entropy(logits, labels)
+            out[f"acc_pos_{k}"] = (logits.argmax(dim=1) == labels).float().mean()
+            out[f"loss_svdd_{k}"] = (h_svdd1 - h_svdd2).flatten(1).norm(dim=1).mean()
+        out["loss"] = (
+            out[f"loss_pos_{BIG_K}"]
+            + out[f"loss_pos_{SMALL_K}"]
+            + self.lambda_svdd * (out[f"loss_svdd_{BIG_K}"] + out[f"loss_svdd_{SMALL_K}"])
+        )
+        return out
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        out = self.compute_losses(images)
+        for name, value in out.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=images.shape[0])
+        return out["loss"]
+
+    # --- inference ----------------------------------------------------------------------------
+    def prepare_inference(self, train_loader: DataLoader) -> None:
+        """Dense training-patch embedding banks (K = 64 and K = 32); the mean too if never fitted."""
+        if not self.model.has_mean:  # e.g. evaluating an untrained model
+            self.model.fit_mean(_images(train_loader))
+        self.model.fit_bank(_images(train_loader), subsample=self.bank_subsample)
