@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Keep synthetic categories tiny in end-to-end tests (the generator's defaults are larger).
-SMALL_DATA = [
+# Keep end-to-end runs tiny: few synthetic images (the generator's defaults are larger), small batches.
+SMALL_RUN = [
+    "method.input.batch_size=8",
     "data.synthetic.n_train=8",
     "data.synthetic.n_test_good=4",
     "data.synthetic.n_test_per_defect=2",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMALL_DATA
+from tests.conftest import SMALL_RUN
 
 REQUIRED = {"method", "dataset", "category", "seed", "status", "metrics", "config", "git_sha", "versions",
             "device", "timings", "peak_rss_mb", "budget", "started_at", "finished_at"}
@@ -26,7 +26,7 @@ def test_help_lists_methods_data_backbones_trainers(run_cli):
 
 
 def test_train_writes_valid_result_and_eval_reproduces_it(run_cli, tmp_path):
-    proc = run_cli("train", "trainer=smoke", "data=synthetic/weave", *SMALL_DATA)
+    proc = run_cli("train", "trainer=smoke", "data=synthetic/weave", *SMALL_RUN)
     (result,) = _results(tmp_path)
     assert REQUIRED <= set(result)
     assert result["status"] == "ok" and result["method"] == "patch_svdd"
@@ -53,14 +53,14 @@ def test_train_writes_valid_result_and_eval_reproduces_it(run_cli, tmp_path):
 
 def test_same_seed_same_metrics(run_cli, tmp_path):
     for _ in range(2):
-        run_cli("train", "trainer=smoke", "data=synthetic/washer", "save_checkpoint=false", *SMALL_DATA)
+        run_cli("train", "trainer=smoke", "data=synthetic/washer", "save_checkpoint=false", *SMALL_RUN)
     first, second = _results(tmp_path)
     assert first["metrics"] == second["metrics"]
 
 
 def test_parallel_multirun_writes_leaderboard_with_both_rows(run_cli, tmp_path):
     run_cli("train", "-m", "data=synthetic/weave,synthetic/tablet", "trainer=smoke", "save_checkpoint=false",
-            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL_DATA)
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL_RUN)
     assert sorted(r["category"] for r in _results(tmp_path)) == ["tablet", "weave"]
     rows = {r["category"]: r for r in csv.DictReader((tmp_path / "results" / "leaderboard.csv").open())}
     assert rows["weave"]["patch_svdd/image_auroc"] and rows["tablet"]["patch_svdd/image_auroc"]
@@ -70,7 +70,7 @@ def test_parallel_multirun_writes_leaderboard_with_both_rows(run_cli, tmp_path):
 def test_failing_job_records_failed_row_and_sweep_continues(run_cli, tmp_path):
     # The second job asks for a synthetic category that does not exist: it fails at data setup.
     proc = run_cli("train", "-m", "data=synthetic/weave", "data.category=weave,no_such_category", "trainer=smoke",
-                   "save_checkpoint=false", *SMALL_DATA, check=False)
+                   "save_checkpoint=false", *SMALL_RUN, check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     by_category = {r["category"]: r for r in _results(tmp_path)}
     assert by_category["no_such_category"]["status"] == "failed"

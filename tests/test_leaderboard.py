@@ -81,3 +81,12 @@ def test_read_result_names_file_with_missing_keys(tmp_path):
     path.write_text('{"method": "x"}')
     with pytest.raises(ValueError, match=r"result\.json.*lacks"):
         read_result(path)
+
+
+def test_model_resolution_results_are_left_out():
+    gt = _record("m", "bottle", metrics={"image_auroc": 0.9, "pixel_auroc": 0.9, "pro": 0.9})
+    gt["evaluation"] = {"resolution": "ground_truth"}
+    model_res = _record("m", "bottle", metrics={"image_auroc": 0.1, "pixel_auroc": 0.1, "pro": 0.1}, finished="2026-02-01")
+    model_res["evaluation"] = {"resolution": "model"}
+    rows = _rows(build_leaderboard([gt, model_res], paper={}))
+    assert rows[("mvtec", "bottle")][("m", "pro")].mean == pytest.approx(0.9)

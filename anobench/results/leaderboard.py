@@ -96,7 +96,8 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
                       warnings: list[str] | None = None) -> Leaderboard:
     """Aggregate result records into leaderboard rows (pure function; no files)."""
     paper = load_paper_numbers() if paper is None else paper
-    runs = latest_per_seed(results)
+    # Only MVTec-protocol results (maps at ground-truth resolution) are comparable across rows.
+    runs = latest_per_seed(r for r in results if _resolution(r) == "ground_truth")
     methods = sorted({r["method"] for r in runs})
     cells: dict[tuple[str, str], dict[tuple[str, str], Cell]] = defaultdict(lambda: defaultdict(Cell))
     for run in runs:
@@ -134,6 +135,12 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
                     mean_row[(method, metric, "paper")] = _paper_mean(members, method, metric)
             rows.append(mean_row)
     return Leaderboard(methods=methods, rows=rows, runs=runs, warnings=list(warnings or []))
+
+
+def _resolution(record: dict[str, Any]) -> str:
+    evaluation = record.get("evaluation") or {}
+    configured = ((record.get("config") or {}).get("evaluation") or {}).get("resolution", "ground_truth")
+    return evaluation.get("resolution") or configured
 
 
 def _paper_value(paper: dict, method: str, dataset: str, category: str, metric: str) -> float | None:
@@ -234,7 +241,8 @@ def to_markdown(board: Leaderboard, source: str) -> str:
         "`(paper)` columns: the number the paper reports (anobench/results/paper_numbers.yaml, with sources); "
         "Patch SVDD's paper measures pixel AUROC at 256×256, ours at ground-truth resolution.",
         "† = not trained with the paper's budget (smoke or reduced run): **not a paper reproduction**.",
-        "Mean rows average categories; `(n/m)` = only n of m categories have a value.",
+        "Mean rows average categories; `(n/m)` = only n of m categories have a value. "
+        "Runs evaluated at model resolution (`evaluation.resolution=model`) are left out.",
         "",
     ]
     for dataset in dict.fromkeys(r["dataset"] for r in board.rows):
