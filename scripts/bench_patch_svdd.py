@@ -95,12 +95,14 @@ def main() -> None:
 
     queries = torch.tanh(torch.randn(args.queries, 64, generator=gen)).to(device)
     bank = model.bank_32
-    for chunk in (1024, 4096, 16384):
+    for chunk, block in ((4096, None), (1024, None), (4096, 4096 * 4096)):
         _reset_peak(device)
-        seconds = _timed(lambda: nearest_distances(queries, bank, chunk_size=chunk), device, 1)
+        seconds = _timed(
+            lambda: nearest_distances(queries, bank, chunk_size=chunk, block_elements=block), device, 1
+        )
         print(
-            f"exact NN {args.queries} queries × {args.bank} bank, chunk {chunk:5d}: "
-            f"{seconds * 1000:8.0f} ms   ({_peak_mib(device)})"
+            f"exact NN {args.queries} queries × {args.bank} bank, chunk {chunk:5d}, "
+            f"block {'default' if block is None else block}: {seconds * 1000:8.0f} ms   ({_peak_mib(device)})"
         )
     exact = nearest_distances(queries, bank)
     for fraction in (0.25, 0.1):

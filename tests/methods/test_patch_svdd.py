@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -105,13 +104,13 @@ def test_distribute_scores_matches_loop():
 
 
 # --- nearest neighbour ----------------------------------------------------------------------------
-@pytest.mark.parametrize("chunk", [7, 64, 4096])
-def test_nearest_exact_equals_brute_force(chunk):
+@pytest.mark.parametrize("chunk, block", [(7, 50), (64, 64 * 300), (4096, None)])
+def test_nearest_exact_equals_brute_force(chunk, block):
     gen = torch.Generator().manual_seed(0)
     bank = torch.tanh(torch.randn(3000, 64, generator=gen))
     queries = torch.cat([torch.tanh(torch.randn(500, 64, generator=gen)), bank[:20] + 1e-4])
     ref = torch.cdist(queries, bank, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1)
-    dist, index = nearest_distances(queries, bank, chunk_size=chunk, return_index=True)
+    dist, index = nearest_distances(queries, bank, chunk_size=chunk, return_index=True, block_elements=block)
     torch.testing.assert_close(dist, ref.values, atol=1e-5, rtol=1e-5)
     assert (index == ref.indices).float().mean() > 0.99
 
@@ -226,3 +225,75 @@ def test_loss_decreases_on_fixed_batch():
         losses.append(out["loss"].item())
     # same draws compared: step 10 vs 0 and 11 vs 1 (measured: ≈ 4.1 → 3.4 and 4.4 → 3.6)
     assert losses[-2] < losses[0] - 0.3 and losses[-1] < losses[1] - 0.3, losses
+
+
+# --- end to end on synthetic data (Lightning fit + test + evaluator) ----------------------------
+_SYNTHETIC = dict(n_train=12, n_test_good=8, n_test_per_defect=4)  # 12 train, 8 good + 16 defective test
+
+
+def _fit_and_test(tmp_path, category: str, max_steps: int) -> PatchSVDD:
+    import lightning as L
+
+    from anobench.data import AnomalyDataModule
+
+    L.seed_everything(0)
+    datamodule = AnomalyDataModule(
+        dataset="synthetic",
+        category=category,
+        root=str(tmp_path),
+        image_size=256,  # K=64's position task needs >= 190 px; the paper uses 256
+        train_batch_size=8,
+        eval_batch_size=8,
+        train_repeats=100,
+        synthetic=_SYNTHETIC,
+    )
+    module = PatchSVDD()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
+    initial = [p.detach().clone() for p in module.model.parameters()]
+    trainer.fit(module, datamodule=datamodule)
+    # the fit really trained, logged finite losses and fitted the official normalisation mean
+    assert trainer.global_step == max_steps
+    assert any(not torch.equal(a, b) for a, b in zip(initial, module.model.parameters()))
+    for key in ("loss", "loss_pos_64", "loss_pos_32", "loss_svdd_64", "loss_svdd_32"):
+        assert torch.isfinite(trainer.callback_metrics[f"train/{key}"])
+    train_images = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()])
+    torch.testing.assert_close(module.model.mean_image, train_images.mean(dim=0))
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    assert module.model.bank_32.shape[0] == len(train_images) * 57 * 57
+    return module
+
+
+@pytest.mark.slow
+def test_patch_svdd_learns_on_synthetic(tmp_path):
+    """End to end on a synthetic object (washer): fit 40 steps, build the banks, test, evaluate.
+
+    What this does and does not show. Measured on CPU with this config (λ = 1e-3, lr 1e-4, batch 8),
+    seeds 0/1/2: image AUROC 0.695 / 0.727 / 0.641, pixel AUROC 0.849 / 0.877 / 0.856. The same model
+    *untrained* scores about the same: at a test-sized budget Patch SVDD's training has not started
+    to matter (its position task leaves chance after ~200 steps of batch 32; the paper trains ~100k
+    steps of batch 64 — see the method README, "Training dynamics"). So this test checks that a short
+    fit runs and leaves a detector — dense embeddings, exact 1-NN against the training banks, map
+    fusion and the shared evaluator — well above chance (0.5); `test_loss_decreases_on_fixed_batch`
+    checks that the optimisation itself learns. Thresholds sit below the lowest measured seed.
+    """
+    metrics = _fit_and_test(tmp_path, "washer", max_steps=40).test_results["metrics"]
+    assert metrics["image_auroc"] >= 0.60, metrics
+    assert metrics["pixel_auroc"] >= 0.78, metrics
+
+
+@pytest.mark.slow
+def test_patch_svdd_localizes_on_second_synthetic_object(tmp_path):
+    """Same on the tablet, 40 steps. Pixel AUROC seeds 0/1/2: 0.884 / 0.869 / 0.897. Its image AUROC
+    is below chance (0.27–0.38): the map's maximum falls on the object outline, whose pose varies
+    between images, more than on the defects — a known weakness of max-of-map scoring with only 12
+    training images, so only the pixel level is checked here."""
+    metrics = _fit_and_test(tmp_path, "tablet", max_steps=40).test_results["metrics"]
+    assert metrics["pixel_auroc"] >= 0.80, metrics

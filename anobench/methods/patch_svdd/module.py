@@ -41,7 +41,7 @@ class PatchSVDD(AnomalyModule):
     def __init__(
         self,
         embedding_dim: int = 64,
-        lambda_svdd: float = 1.0,
+        lambda_svdd: float = 1e-3,
         rgb_shift_std: float = 0.02,
         pixel_noise_std: float = 0.02,
         bank_subsample: float | int | None = None,

@@ -1,8 +1,9 @@
 """1-nearest-neighbour L2 distances from query embeddings to a bank, in plain torch.
 
 Exact by default: squared distances ||q||² − 2 q·b + ||b||² in memory-bounded blocks (one matrix
-multiply per block, at most chunk_size × chunk_size floats alive), a running minimum over the bank
-blocks, then the winning neighbour's distance recomputed directly as ||q − b*||. The recomputation
+multiply per block of `chunk_size` query rows × as many bank rows as keep the block at
+`block_elements` floats — 16 MiB on CPU, where cache-sized blocks measured ~2× faster than
+4096 × 4096 ones, 256 MiB on GPU), a running minimum over the bank blocks, then the winning neighbour's distance recomputed directly as ||q − b*||. The recomputation
 removes the float32 cancellation error of the expanded form (≈1e-5 on the squared distance for
 tanh embeddings of dim 64, i.e. up to ~3e-3 on small distances); what remains is that among
 neighbours whose squared distances differ by less than that error the expanded form may pick the
@@ -57,8 +58,13 @@ def nearest_distances(
     bank: torch.Tensor,
     chunk_size: int = 4096,
     return_index: bool = False,
+    block_elements: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """L2 distance from each query row (N×D) to its nearest bank row (M×D); returns N (and the index)."""
+    """L2 distance from each query row (N×D) to its nearest bank row (M×D); returns N (and the index).
+
+    `chunk_size` query rows are processed at a time; each distance block holds at most
+    `block_elements` floats (default 2²² on CPU, 2²⁶ on GPU) but always at least one bank row.
+    """
     if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
         raise ValueError(f"expected N×D queries and M×D bank, got {tuple(queries.shape)} and {tuple(bank.shape)}")
     if bank.shape[0] == 0:
@@ -66,6 +72,9 @@ def nearest_distances(
     if chunk_size < 1:
         raise ValueError(f"nn chunk_size must be >= 1, got {chunk_size}")
     queries = queries.to(bank.dtype)
+    if block_elements is None:
+        block_elements = 2**26 if bank.is_cuda else 2**22
+    bank_rows = max(1, block_elements // min(chunk_size, max(1, queries.shape[0])))
     bank_sq = (bank * bank).sum(dim=1)
     n = queries.shape[0]
     best_index = torch.empty(n, dtype=torch.long, device=queries.device)
@@ -73,10 +82,10 @@ def nearest_distances(
         q = queries[q0 : q0 + chunk_size]
         best = torch.full((q.shape[0],), float("inf"), dtype=bank.dtype, device=q.device)
         best_i = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-        for b0 in range(0, bank.shape[0], chunk_size):
-            b = bank[b0 : b0 + chunk_size]
+        for b0 in range(0, bank.shape[0], bank_rows):
+            b = bank[b0 : b0 + bank_rows]
             # ||b||² − 2 q·b (||q||² is constant per row, so it does not change the argmin)
-            partial = torch.addmm(bank_sq[b0 : b0 + chunk_size], q, b.T, beta=1.0, alpha=-2.0)
+            partial = torch.addmm(bank_sq[b0 : b0 + bank_rows], q, b.T, beta=1.0, alpha=-2.0)
             value, index = partial.min(dim=1)
             better = value < best
             best = torch.where(better, value, best)
