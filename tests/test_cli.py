@@ -36,6 +36,7 @@ def test_train_writes_valid_result_and_eval_reproduces_it(run_cli, tmp_path):
     assert result["budget"]["label"] == "smoke" and result["budget"]["global_step"] == 2
     assert result["evaluation"]["resolution"] == "ground_truth"
     assert result["config"]["trainer"]["name"] == "smoke"
+    assert result["config"]["data"]["image_size"] == 256  # resolved, not "${method.input.image_size}"
     assert result["timings"]["train_s"] > 0 and result["timings"]["inference_s"] > 0
     assert "leaderboard" in proc.stdout
     board = (tmp_path / "results" / "leaderboard.md").read_text()
@@ -109,3 +110,9 @@ def test_missing_mvtec_root_names_the_key(run_cli, tmp_path):
 def test_unknown_verb_is_an_error(run_cli):
     proc = run_cli("trian", check=False)
     assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
+
+
+def test_eval_of_missing_checkpoint_names_it(run_cli, tmp_path):
+    proc = run_cli("eval", f"checkpoint={tmp_path / 'gone.ckpt'}", check=False)
+    assert proc.returncode != 0
+    assert "gone.ckpt" in proc.stderr and "no such file" in proc.stderr

@@ -17,8 +17,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from anobench.errors import ConfigError
-from anobench.results.record import RESULT_FILE, failure_info
-from anobench.tasks.train import base_record, build_trainer, configure_module, finish, is_multirun, run_dir_from_hydra
+from anobench.results.record import RESULT_FILE
+from anobench.tasks.train import (
+    base_record, build_trainer, configure_module, record_test_results, run_dir_from_hydra, run_recorded,
+)
 
 
 def load_run_config(checkpoint: Path) -> DictConfig:
@@ -54,9 +56,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     record["source_checkpoint"] = str(checkpoint.resolve())
     trained = checkpoint.resolve().parent.parent / RESULT_FILE
     record["budget"] = json.loads(trained.read_text()).get("budget", {}) if trained.is_file() else {"label": "unknown"}
-    timings: dict[str, float] = {}
-    failure: Exception | None = None
-    try:
+
+    def body(timings: dict[str, float]) -> None:
         L.seed_everything(run_cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(run_cfg.data, _convert_="all")
         module = instantiate(run_cfg.method.module, _convert_="all")
@@ -67,22 +68,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)
         timings["inference_s"] = time.perf_counter() - start
-        results = module.test_results
-        record.update(
-            status="ok",
-            metrics={k: float(v) for k, v in results["metrics"].items()},
-            evaluation={k: v for k, v in results.items() if k != "metrics"},
-            n_train_images=len(datamodule.index.train),
-            n_test_images=len(datamodule.test_samples),
-        )
-    except Exception as error:
-        failure = error
-        record.update(status="failed", error=failure_info(error))
-    finally:
-        record["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        finish(record, run_dir, run_cfg)
-    if failure is not None:
-        if not is_multirun():
-            raise failure
-        print(f"job failed ({type(failure).__name__}: {failure}); recorded in {run_dir}")
-    return record
+        record_test_results(record, module, datamodule)
+
+    return run_recorded(record, run_dir, run_cfg, body)

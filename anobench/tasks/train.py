@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from anobench.results.leaderboard import write_leaderboard
@@ -65,7 +64,7 @@ def base_record(cfg: DictConfig, task: str) -> dict[str, Any]:
         "seed": cfg.seed,
         "status": "running",
         "started_at": now_iso(),
-        "config": OmegaConf.to_container(cfg, resolve=False),
+        "config": OmegaConf.to_container(cfg, resolve=True),
         "git_sha": git_sha(),
         "versions": library_versions(),
         "device": device_info(cfg.trainer.get("accelerator")),
@@ -104,6 +103,42 @@ def finish(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path:
     return path
 
 
+def record_test_results(record: dict[str, Any], module: Any, datamodule: Any) -> None:
+    """Mark `record` ok with the evaluator's metrics and what they were computed on."""
+    results = module.test_results
+    record.update(
+        status="ok",
+        metrics={k: float(v) for k, v in results["metrics"].items()},
+        evaluation={k: v for k, v in results.items() if k != "metrics"},
+        n_train_images=len(datamodule.index.train),
+        n_test_images=len(datamodule.test_samples),
+    )
+
+
+def run_recorded(record: dict[str, Any], run_dir: Path, cfg: DictConfig,
+                 body: Callable[[dict[str, float]], None]) -> dict[str, Any]:
+    """Run `body(timings)`, then always write result.json: ok as `body` left it, or failed with the error.
+
+    A failure is re-raised in a single run (non-zero exit) and swallowed in a multirun, so that
+    the other jobs of the sweep still run; the CLI reports failed jobs at the end.
+    """
+    timings: dict[str, float] = {}
+    failure: Exception | None = None
+    try:
+        body(timings)
+    except Exception as error:
+        failure = error
+        record.update(status="failed", error=failure_info(error))
+    finally:
+        record["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        finish(record, run_dir, cfg)
+    if failure is not None:
+        if not is_multirun():
+            raise failure
+        print(f"job failed ({type(failure).__name__}: {failure}); recorded in {run_dir}")
+    return record
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit `cfg.method` on `cfg.data`, test it, and record the result. Returns the result record."""
     from hydra.utils import instantiate
@@ -112,10 +147,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     record = base_record(cfg, "train")
-    trainer = None
-    timings: dict[str, float] = {}
-    failure: Exception | None = None
-    try:
+    record["budget"] = budget_of(cfg, None)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+
+    def body(timings: dict[str, float]) -> None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data, _convert_="all")
         module = instantiate(cfg.method.module, _convert_="all")
@@ -124,29 +159,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         timings["train_s"] = time.perf_counter() - start
+        record["budget"] = budget_of(cfg, trainer)
         if cfg.get("save_checkpoint", True):
-            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+            trainer.save_checkpoint(checkpoint)
+            record["checkpoint"] = str(checkpoint)
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)
         timings["inference_s"] = time.perf_counter() - start
-        results = module.test_results
-        record.update(
-            status="ok",
-            metrics={k: float(v) for k, v in results["metrics"].items()},
-            evaluation={k: v for k, v in results.items() if k != "metrics"},
-            n_train_images=len(datamodule.index.train),
-            n_test_images=len(datamodule.test_samples),
-            checkpoint=str(run_dir / "checkpoints" / "last.ckpt") if cfg.get("save_checkpoint", True) else None,
-        )
-    except Exception as error:
-        failure = error
-        record.update(status="failed", error=failure_info(error))
-    finally:
-        record["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        record["budget"] = budget_of(cfg, trainer)
-        finish(record, run_dir, cfg)
-    if failure is not None:
-        if not is_multirun():
-            raise failure
-        print(f"job failed ({type(failure).__name__}: {failure}); recorded in {run_dir}")
-    return record
+        record_test_results(record, module, datamodule)
+
+    return run_recorded(record, run_dir, cfg, body)
