@@ -236,7 +236,7 @@ def to_markdown(board: Leaderboard, source: str) -> str:
     lines = [
         "# anobench leaderboard",
         "",
-        f"Rebuilt by `anobench leaderboard` from {len(board.runs)} result file(s) under `{source}`; "
+        f"Rebuilt from {len(board.runs)} result file(s) under `{source}` (next to this file) by anobench; "
         "do not edit by hand. Values are fractions; mean over seeds (± std where there are several).",
         "`(paper)` columns: the number the paper reports (anobench/results/paper_numbers.yaml, with sources); "
         "Patch SVDD's paper measures pixel AUROC at 256×256, ours at ground-truth resolution.",
@@ -278,7 +278,7 @@ def write_leaderboard(results_dir: str | Path) -> Leaderboard:
             record["_rel_path"] = str(Path(record["_path"]).relative_to(results_dir))
         board = build_leaderboard(results, warnings=warnings)
         atomic_write_text(results_dir / "leaderboard.csv", to_csv(board))
-        atomic_write_text(results_dir / "leaderboard.md", to_markdown(board, source=f"{results_dir}/runs"))
+        atomic_write_text(results_dir / "leaderboard.md", to_markdown(board, source="runs/"))
     return board
 
 

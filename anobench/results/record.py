@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata
 import json
 import os
@@ -26,8 +27,12 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=None)
 def git_sha(start: str | Path | None = None) -> str | None:
-    """Commit of the anobench source tree (with '-dirty' if it has local changes); None outside git."""
+    """Commit of the anobench source tree (with '-dirty' if it has local changes); None outside git.
+
+    Read once per process: the code a process runs is the code it imported, so later jobs of an
+    in-process sweep must not report a commit made while the sweep was running."""
     where = Path(start) if start else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
