@@ -117,6 +117,15 @@ class _RepeatShuffleSampler(Sampler):
         return iter(zip(order.tolist(), aug_seeds.tolist()))
 
 
+def _known_keys(name: str, given: dict | None, allowed: tuple[str, ...] | list[str]) -> dict:
+    """A copy of `given` (None = empty); ConfigError naming `name` if it holds keys outside `allowed`."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{name} has unknown key(s) {', '.join(unknown)}; expected some of: {', '.join(allowed)}")
+    return given
+
+
 class AnomalyDataModule(L.LightningDataModule):
     """MVTec AD or a synthetic category as train / inference-train / test loaders."""
 
@@ -152,21 +161,11 @@ class AnomalyDataModule(L.LightningDataModule):
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"data.{key}={value!r} is invalid; expected an integer >= {low}")
-        augment = dict(augment or {})
-        unknown = sorted(set(augment) - set(AUGMENT_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"data.augment has unknown key(s) {', '.join(unknown)}; expected some of: {', '.join(AUGMENT_KEYS)}"
-            )
+        augment = _known_keys("data.augment", augment, AUGMENT_KEYS)
         jitter = augment.get("color_jitter") or 0.0
         if not isinstance(jitter, (int, float)) or not 0.0 <= float(jitter) < 1.0:
             raise ConfigError(f"data.augment.color_jitter={jitter!r} is invalid; expected a number in [0, 1)")
-        synthetic = dict(synthetic or {})
-        unknown = sorted(set(synthetic) - set(SYNTHETIC_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"data.synthetic has unknown key(s) {', '.join(unknown)}; expected some of: {', '.join(SYNTHETIC_KEYS)}"
-            )
+        synthetic = _known_keys("data.synthetic", synthetic, SYNTHETIC_KEYS)
         self.dataset = dataset
         self.category = category
         self.root = root
