@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from anobench.errors import ConfigError
 from anobench.results.record import RESULT_FILE
 from anobench.tasks.train import (
-    base_record, build_trainer, configure_module, record_test_results, run_dir_from_hydra, run_recorded,
+    base_record, build_run, build_trainer, record_test_results, run_dir_from_hydra, run_recorded,
 )
 
 
@@ -36,8 +35,6 @@ def load_run_config(checkpoint: Path) -> DictConfig:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Re-test the model in `cfg.checkpoint` and record the result."""
-    from hydra.utils import instantiate
-
     checkpoint = Path(cfg.checkpoint)
     run_cfg = load_run_config(checkpoint)
     run_cfg.paths.results_dir = cfg.paths.results_dir
@@ -58,12 +55,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     record["budget"] = json.loads(trained.read_text()).get("budget", {}) if trained.is_file() else {"label": "unknown"}
 
     def body(timings: dict[str, float]) -> None:
-        L.seed_everything(run_cfg.seed, workers=True, verbose=False)
-        datamodule = instantiate(run_cfg.data, _convert_="all")
-        module = instantiate(run_cfg.method.module, _convert_="all")
+        datamodule, module = build_run(run_cfg)
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
-        configure_module(module, run_cfg.evaluation)
         trainer = build_trainer(run_cfg.trainer, run_dir, logger=False)
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)

@@ -49,9 +49,16 @@ def build_trainer(trainer_cfg: DictConfig, run_dir: Path, **overrides: Any) -> L
     return instantiate(kwargs)
 
 
-def configure_module(module: Any, evaluation: DictConfig) -> None:
-    module.evaluation_resolution = evaluation.resolution
-    module.pro_fpr_limit = float(evaluation.pro_fpr_limit)
+def build_run(cfg: DictConfig) -> tuple[Any, Any]:
+    """Seed, then build the datamodule and the method (with its evaluation settings) from a run config."""
+    from hydra.utils import instantiate
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    module = instantiate(cfg.method.module, _convert_="all")
+    module.evaluation_resolution = cfg.evaluation.resolution
+    module.pro_fpr_limit = float(cfg.evaluation.pro_fpr_limit)
+    return datamodule, module
 
 
 def base_record(cfg: DictConfig, task: str) -> dict[str, Any]:
@@ -141,8 +148,6 @@ def run_recorded(record: dict[str, Any], run_dir: Path, cfg: DictConfig,
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit `cfg.method` on `cfg.data`, test it, and record the result. Returns the result record."""
-    from hydra.utils import instantiate
-
     run_dir = run_dir_from_hydra()
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -151,10 +156,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
 
     def body(timings: dict[str, float]) -> None:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = instantiate(cfg.data, _convert_="all")
-        module = instantiate(cfg.method.module, _convert_="all")
-        configure_module(module, cfg.evaluation)
+        datamodule, module = build_run(cfg)
         trainer = build_trainer(cfg.trainer, run_dir)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
