@@ -19,10 +19,17 @@ from torch.utils.data import DataLoader
 
 
 class AnomalyOutput(NamedTuple):
-    """What a model returns at inference. A NamedTuple, so models stay traceable/exportable."""
+    """What a model returns at inference. A NamedTuple, so models stay traceable/exportable.
+
+    ``score_parts`` (B×k, optional) carries per-image terms that a paper only combines over the whole
+    test set (MNAD min-max normalises PSNR and memory distance per test video); the Lightning module
+    combines them in `AnomalyModule.finalize_test_scores`. ``pred_score`` must still be a usable
+    per-image score on its own.
+    """
 
     anomaly_map: torch.Tensor  # B×h×w, higher = more anomalous
     pred_score: torch.Tensor  # B, higher = more anomalous
+    score_parts: torch.Tensor | None = None  # B×k, see above
 
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -42,6 +49,7 @@ class AnomalyModule(L.LightningModule):
         self._maps: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
         self._indices: list[np.ndarray] = []
+        self._score_parts: list[np.ndarray] = []
         self.test_results: dict[str, Any] | None = None
 
     # --- hooks a method may override -------------------------------------------------------
@@ -52,12 +60,19 @@ class AnomalyModule(L.LightningModule):
         training images. Default: nothing to do.
         """
 
+    def finalize_test_scores(self, scores: np.ndarray, score_parts: np.ndarray | None) -> np.ndarray:
+        """Image scores of the whole test set, in test-sample order. Default: the per-image scores.
+
+        Override when the paper's score is defined over the test set (e.g. min-max normalised).
+        """
+        return scores
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
     # --- shared test loop ------------------------------------------------------------------
     def on_test_start(self) -> None:
-        self._maps, self._scores, self._indices = [], [], []
+        self._maps, self._scores, self._indices, self._score_parts = [], [], [], []
         datamodule = self.trainer.datamodule
         self.prepare_inference(datamodule.inference_train_dataloader())
 
@@ -66,6 +81,8 @@ class AnomalyModule(L.LightningModule):
         self._maps.extend(output.anomaly_map.detach().float().cpu().numpy())
         self._scores.append(output.pred_score.detach().float().cpu().numpy().reshape(-1))
         self._indices.append(batch["index"].cpu().numpy().reshape(-1))
+        if output.score_parts is not None:
+            self._score_parts.append(output.score_parts.detach().float().cpu().numpy())
 
     def on_test_epoch_end(self) -> None:
         from anobench.metrics import evaluate_category
@@ -78,6 +95,8 @@ class AnomalyModule(L.LightningModule):
             raise RuntimeError("test loop did not see every test image exactly once")
         maps = [self._maps[i] for i in order]
         scores = np.concatenate(self._scores)[order]
+        parts = np.concatenate(self._score_parts)[order] if self._score_parts else None
+        scores = np.asarray(self.finalize_test_scores(scores, parts), dtype=np.float64)
         self.test_results = evaluate_category(
             anomaly_maps=maps,
             image_scores=scores,

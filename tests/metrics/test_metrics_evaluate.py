@@ -54,6 +54,11 @@ def test_ground_truth_resolution_upsamples_maps_to_each_mask():
     assert result["metrics"]["pro"] == pytest.approx(aupro(up, masks), abs=1e-12)
     assert result["metrics"]["pixel_auroc"] == pytest.approx(pixel_auroc(up, masks), abs=1e-12)
     assert result["metrics"]["image_auroc"] == image_auroc(scores, labels)
+    # the map-only image AUROC ignores the given scores: reversed scores leave it unchanged
+    reversed_result = evaluate_category(maps, -scores, masks, labels)
+    assert reversed_result["metrics"]["image_auroc"] == pytest.approx(1 - result["metrics"]["image_auroc"])
+    assert result["metrics"]["image_auroc_map_max"] == roc_auc_score(labels, [m.max() for m in maps])
+    assert reversed_result["metrics"]["image_auroc_map_max"] == result["metrics"]["image_auroc_map_max"]
     flat_scores = np.concatenate([u.ravel() for u in up])
     flat_labels = np.concatenate([m.ravel() for m in masks])
     assert result["metrics"]["pixel_auroc"] == pytest.approx(roc_auc_score(flat_labels, flat_scores), abs=1e-12)
