@@ -1,0 +1,44 @@
+"""Lightning side of MemAE: loss = reconstruction MSE + α · entropy of the shrunk addressing weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from anobench.methods.base import AnomalyModule, OptimizerFactory
+from anobench.methods.memae.torch_model import MemAEModel, addressing_entropy
+from anobench.methods.registry import register_method
+
+
+@register_method("memae")
+class MemAE(AnomalyModule):
+    """MemAE (Gong et al., ICCV 2019). See README.md next to this file."""
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (64, 128, 256, 256),
+        memory_size: int = 2000,
+        shrink_threshold: float = 0.0025,
+        entropy_weight: float = 0.0002,
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__(optimizer)
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.entropy_weight = entropy_weight
+        self.model = MemAEModel(channels=channels, memory_size=memory_size, shrink_threshold=shrink_threshold)
+
+    def compute_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms for one batch of [0, 1] images; 'loss' is the total the optimiser sees."""
+        x, recon, weights = self.model.reconstruct(images)
+        out = {"reconstruction": F.mse_loss(recon, x), "entropy": addressing_entropy(weights)}
+        out["loss"] = out["reconstruction"] + self.entropy_weight * out["entropy"]
+        out["active_items"] = (weights > 0).sum(dim=1).float().mean()  # sparsity diagnostic
+        return out
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.compute_losses(batch["image"])
+        for name, value in out.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch["image"].shape[0])
+        return out["loss"]
