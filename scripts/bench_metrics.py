@@ -9,12 +9,14 @@ RSS it started the call with, so the "extra" column is the memory the call itsel
 
 With --mvtec-root, the same measurements also run on that category's real test masks (full
 resolution) with synthetic maps. Comparisons with sklearn's roc_auc_score and with MVTec's exact
-curve (pro_curve + trapezoid, argsort over all pixels) run unless --no-compare.
+curve (pro_curve + trapezoid, argsort over all pixels) run unless --no-compare, and so does
+anomalib's AUPRO when anomalib is installed (`pip install -e '.[bench]'`, benchmark-only).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing as mp
 import resource
 import tempfile
@@ -85,6 +87,22 @@ def _child(job: str, data_dir: str, queue: mp.Queue) -> None:
     elif job == "evaluate_category":
         result = evaluate_category(list(small), small.reshape(len(small), -1).max(1), masks, labels)
         value = result["metrics"]["pro"]
+    elif job == "pro + pixel_auroc":  # what evaluate_category does, minus the upsampling: one split, both metrics
+        from anobench.metrics._pixels import common_score_dtype, split_pixels
+        from anobench.metrics.auroc import auroc_from_split
+        from anobench.metrics.pro import aupro_from_split
+
+        split = split_pixels(maps.__getitem__, masks, common_score_dtype(maps), with_regions=True)
+        value = aupro_from_split(split, 0.3)
+        auroc_from_split(split)
+    elif job == "anomalib AUPRO":
+        import torch
+        from anomalib.metrics.aupro import _AUPRO  # the torchmetrics metric behind anomalib.metrics.AUPRO
+
+        metric = _AUPRO(fpr_limit=0.3)
+        for a, m in zip(maps, masks):  # update per image, as a test loop does
+            metric.update(torch.from_numpy(a)[None], torch.from_numpy(m.astype(np.int64))[None])
+        value = float(metric.compute())
     elif job == "sklearn roc_auc_score":
         y = np.concatenate([m.ravel() for m in masks])
         s = np.concatenate([a.ravel() for a in maps])
@@ -125,9 +143,13 @@ def run_suite(title: str, small: np.ndarray, masks: list[np.ndarray], compare: b
     print(f"\n== {title}: {len(masks)} images ({n_bad} defective), {n_pix / 1e6:.1f} M pixels, "
           f"{100 * sum(int(m.sum()) for m in masks) / n_pix:.2f} % anomalous in {n_regions} regions; "
           f"maps {small.shape[1]}x{small.shape[2]} upsampled to the mask size")
-    jobs = ["upsample_map", "aupro", "pixel_auroc", "evaluate_category"]
+    jobs = ["upsample_map", "aupro", "pixel_auroc", "pro + pixel_auroc", "evaluate_category"]
     if compare:
         jobs += ["sklearn roc_auc_score", "pro_curve + trapezoid"]
+        if importlib.util.find_spec("anomalib") is not None:
+            jobs.append("anomalib AUPRO")
+        else:
+            print("(anomalib not installed: pip install -e '.[bench]' to compare with its AUPRO)")
     with tempfile.TemporaryDirectory(prefix="bench_metrics_") as tmp:
         save_inputs(Path(tmp), small, masks)
         print(f"{'call':<24}{'time s':>9}{'peak RSS MB':>13}{'extra MB':>10}  value")

@@ -86,6 +86,45 @@ def common_score_dtype(maps: Sequence) -> np.dtype:
     return functools.reduce(np.promote_types, dtypes, np.dtype(np.float32))
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def pixel_metrics_memory(masks: Sequence[np.ndarray], dtype: np.dtype) -> int:
+    """Bytes the pixel metrics allocate for these masks beyond the caller's maps (an upper estimate).
+
+    One copy of every score (negatives sorted in place), plus per positive pixel its region weight,
+    a sorted copy, an argsort index and the cumulative sums (≈ 5 × 8 bytes), plus one full-size map
+    at a time while upsampling, and 10 % slack.
+    """
+    n_all = sum(int(np.size(m)) for m in masks)
+    n_pos = sum(int(np.count_nonzero(m)) for m in masks)
+    largest = max((int(np.size(m)) for m in masks), default=0)
+    itemsize = np.dtype(dtype).itemsize
+    return int(1.1 * (n_all * itemsize + n_pos * (itemsize + 40) + largest * (itemsize + 8)))
+
+
+def check_memory(masks: Sequence[np.ndarray], dtype: np.dtype, available: int | None = None) -> None:
+    """Raise MemoryError, saying how much is needed, when the pixel metrics cannot fit in memory."""
+    needed = pixel_metrics_memory(masks, dtype)
+    available = available_memory_bytes() if available is None else available
+    if available is not None and needed > available:
+        n_all = sum(int(np.size(m)) for m in masks)
+        raise MemoryError(
+            f"pixel metrics for this category need about {needed / 2**30:.1f} GiB ({len(masks)} masks, "
+            f"{n_all:,} pixels at {np.dtype(dtype).name}) but only {available / 2**30:.1f} GiB is available; "
+            "free memory, or evaluate at model resolution (evaluation.resolution=model, not the official protocol)"
+        )
+
+
 def split_pixels(
     get_map: Callable[[int], np.ndarray],
     masks: Sequence[np.ndarray],

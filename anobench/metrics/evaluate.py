@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anobench.metrics._pixels import as_bool_mask, check_fpr_limit, common_score_dtype, split_pixels
+from anobench.metrics._pixels import as_bool_mask, check_fpr_limit, check_memory, common_score_dtype, split_pixels
 from anobench.metrics.auroc import auroc_from_split, image_auroc
 from anobench.metrics.pro import aupro_from_split
 
@@ -111,6 +111,7 @@ def evaluate_category(
         resample_s = time.perf_counter() - t0
         get_map, dtype = maps.__getitem__, common_score_dtype(maps)
 
+    check_memory(eval_masks, dtype)  # one clear error before allocating, not an OOM kill halfway
     split = split_pixels(get_map, eval_masks, dtype, with_regions=True)
     metrics = {
         "image_auroc": img_auroc,

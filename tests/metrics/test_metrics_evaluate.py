@@ -145,3 +145,17 @@ def test_all_good_category_gives_nan_pixel_metrics():
         result = evaluate_category(maps, [0.1, 0.2, 0.3], masks, [0, 0, 0])
     assert all(np.isnan(v) for v in result["metrics"].values())
     assert result["n_regions"] == 0 and result["n_defective"] == 0
+
+
+def test_memory_estimate_and_clear_error_when_a_category_cannot_fit():
+    from anobench.metrics._pixels import check_memory, pixel_metrics_memory
+
+    masks = [np.zeros((1024, 1024), dtype=bool) for _ in range(100)]
+    masks[0][:100, :100] = True
+    needed = pixel_metrics_memory(masks, np.dtype(np.float32))
+    # at least one float32 copy of the 100 M scores, at most a few times that
+    assert 100 * 1024 * 1024 * 4 <= needed <= 3 * 100 * 1024 * 1024 * 4
+    with pytest.raises(MemoryError, match=r"need about 0\.\d GiB \(100 masks, 104,857,600 pixels at float32\) "
+                                          r"but only 0\.1 GiB is available.*evaluation.resolution=model"):
+        check_memory(masks, np.dtype(np.float32), available=2**30 // 10)
+    check_memory(masks, np.dtype(np.float32), available=needed)  # fits: no error
