@@ -1,0 +1,68 @@
+"""Lightning side of GradCon: reconstruction + gradient-constraint loss, reference-gradient updates.
+
+Training step (official ae_grad_reg.train):
+
+    L = MSE(x̂, x) + β · L_grad,   L_grad = −mean_l cos(∂MSE/∂W_l, ref_l)   (β = 0.03)
+
+with ∂MSE/∂W_l taken with create_graph (so L_grad is differentiated through the gradient) and
+L_grad = 0 while no reference exists (the first step). After every backward the reference of each
+decoder layer absorbs that step's `W_l.grad` — the gradient of the *total* loss, as in the official
+code — into its running mean (`GradConModel.update_reference`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from anobench.methods.base import AnomalyModule, OptimizerFactory
+from anobench.methods.gradcon.torch_model import PAPER_CHANNELS, GradConModel
+from anobench.methods.registry import register_method
+
+
+@register_method("gradcon")
+class GradCon(AnomalyModule):
+    """GradCon (Kwon et al., ECCV 2020). See README.md next to this file."""
+
+    def __init__(
+        self,
+        channels: Sequence[int] = PAPER_CHANNELS,
+        grad_loss_weight: float = 0.03,
+        score_grad_weight: float = 0.12,
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__(optimizer or partial(torch.optim.Adam, lr=1e-3))  # official: Adam, lr 1e-3
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.grad_loss_weight = float(grad_loss_weight)
+        self.model = GradConModel(in_channels=3, channels=channels, score_grad_weight=score_grad_weight)
+
+    def compute_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All loss terms for one batch of [0, 1] images (B×3×H×W); 'loss' is the total."""
+        recon_loss = F.mse_loss(self.model.reconstruct(images), images)
+        if self.model.has_reference and self.grad_loss_weight != 0:
+            grads = torch.autograd.grad(recon_loss, self.model.constrained_weights(), create_graph=True)
+            grad_loss = -self.model.gradient_cosines(grads).mean()
+        else:  # first step: no history of training gradients yet
+            grad_loss = recon_loss.new_zeros(())
+        return {
+            "loss": recon_loss + self.grad_loss_weight * grad_loss,
+            "recon_loss": recon_loss,
+            "grad_loss": grad_loss,
+        }
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        out = self.compute_losses(images)
+        for name, value in out.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=images.shape[0])
+        return out["loss"]
+
+    def on_after_backward(self) -> None:
+        """Fold this step's decoder-weight gradients into the reference (official: after backward, before step)."""
+        grads = [w.grad for w in self.model.constrained_weights()]
+        if any(g is None for g in grads):
+            raise RuntimeError("GradCon: a decoder weight has no gradient after backward")
+        self.model.update_reference(grads)
