@@ -3,6 +3,7 @@
     anobench train [method=patch_svdd] [data=synthetic/washer] [trainer=cpu] [key=value ...] [-m ...]
     anobench eval checkpoint=<run dir>/checkpoints/last.ckpt [evaluation.resolution=model]
     anobench leaderboard [--results-dir results]
+    anobench report [--results-dir results] [--output FILE]
     anobench data download mvtec --root DIR [--archive FILE]
     anobench data synth --root DIR [--category weave ...]
 
@@ -42,6 +43,7 @@ def usage() -> str:
         "               sweep: anobench train -m sweep=mvtec method=patch_svdd [hydra/launcher=joblib]",
         "  eval         re-test a checkpoint: anobench eval checkpoint=<run dir>/checkpoints/last.ckpt",
         "  leaderboard  rebuild results/leaderboard.{md,csv} from the result files (--results-dir DIR)",
+        "  report       write results/report.html: leaderboard, each run's heatmaps/curves and provenance",
         "  data         data download mvtec --root DIR [--archive FILE] | data synth --root DIR",
         "",
         "Hydra flags work after train/eval: --cfg job, --info, -m/--multirun, hydra/launcher=joblib.",
@@ -136,7 +138,22 @@ def leaderboard_command(args: list[str]) -> int:
         raise AnobenchError(f"--results-dir {ns.results_dir}: no such folder")
     board = write_leaderboard(ns.results_dir)
     print_leaderboard(board)
-    print(f"wrote {Path(ns.results_dir) / 'leaderboard.md'} and leaderboard.csv ({len(board.runs)} runs)")
+    print(f"wrote {Path(ns.results_dir) / 'leaderboard.md'}, leaderboard.csv and report.html ({len(board.runs)} runs)")
+    return 0
+
+
+def report_command(args: list[str]) -> int:
+    from anobench.visualize.report import REPORT_FILE, write_report
+
+    parser = argparse.ArgumentParser(prog="anobench report",
+                                     description="Write one static HTML page (opens from disk) for a results folder")
+    parser.add_argument("--results-dir", default=os.environ.get("ANOBENCH_RESULTS_DIR", "results"))
+    parser.add_argument("--output", default=None, help=f"default: <results-dir>/{REPORT_FILE}")
+    ns = parser.parse_args(args)
+    if not Path(ns.results_dir).is_dir():
+        raise AnobenchError(f"--results-dir {ns.results_dir}: no such folder")
+    path = write_report(ns.results_dir, output=ns.output)
+    print(f"wrote {path}; open it in a browser: file://{path.resolve()}")
     return 0
 
 
@@ -179,12 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_hydra_verb(verb, rest)
         if verb == "leaderboard":
             return leaderboard_command(rest)
+        if verb == "report":
+            return report_command(rest)
         if verb == "data":
             return data_command(rest)
     except AnobenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"error: unknown command {verb!r}; expected one of: train, eval, leaderboard, data\n\n{usage()}",
+    print(f"error: unknown command {verb!r}; expected one of: train, eval, leaderboard, report, data\n\n{usage()}",
           file=sys.stderr)
     return 2
 

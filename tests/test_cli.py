@@ -31,7 +31,7 @@ def test_train_writes_valid_result_and_eval_reproduces_it(run_cli, tmp_path):
     assert REQUIRED <= set(result)
     assert result["status"] == "ok" and result["method"] == "patch_svdd"
     assert (result["dataset"], result["category"], result["seed"]) == ("synthetic", "weave", 0)
-    assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "pro"}
+    assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "pro", "image_auroc_map_max"}
     assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
     assert result["budget"]["label"] == "smoke" and result["budget"]["global_step"] == 2
     assert result["evaluation"]["resolution"] == "ground_truth"
@@ -116,3 +116,22 @@ def test_eval_of_missing_checkpoint_names_it(run_cli, tmp_path):
     proc = run_cli("eval", f"checkpoint={tmp_path / 'gone.ckpt'}", check=False)
     assert proc.returncode != 0
     assert "gone.ckpt" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_train_with_figures_then_report_links_them(run_cli, tmp_path):
+    """trainer=smoke draws no figures unless asked (tests/test_visualize.py); here it is asked."""
+    run_cli("train", "trainer=smoke", "data=synthetic/weave", "save_checkpoint=false", "visualize.enabled=true",
+            "visualize.max_per_defect=1", *SMALL_RUN)
+    (result,) = _results(tmp_path)
+    runs = tmp_path / "results" / "runs"
+    panels = sorted(p.name for p in runs.glob("**/figures/panels/*.png"))
+    assert panels == ["deformation_000.png", "good_000.png", "hole_000.png", "scratch_000.png", "stain_000.png"]
+    assert result["figures"]["enabled"] and len(result["figures"]["panels"]) == 5
+    assert len(list(runs.glob("**/figures/curves.png"))) == 1 and result["timings"]["figures_s"] > 0
+
+    proc = run_cli("report", "--results-dir", str(tmp_path / "results"))
+    page = (tmp_path / "results" / "report.html").read_text()
+    assert "report.html" in proc.stdout
+    assert page.count("/result.json\"") == 1 and page.count("figures/panels/") == 2 * len(panels)
+    assert "(report.html)" in (tmp_path / "results" / "leaderboard.md").read_text()
+    assert run_cli("report", "--results-dir", str(tmp_path / "nowhere"), check=False).returncode == 2

@@ -105,5 +105,6 @@ class AnomalyModule(L.LightningModule):
             resolution=self.evaluation_resolution,
             fpr_limit=self.pro_fpr_limit,
         )
+        self.test_maps, self.test_scores = maps, scores  # for anobench.visualize (run figures)
         for key, value in self.test_results["metrics"].items():
             self.log(f"test/{key}", float(value))

@@ -243,6 +243,7 @@ def to_markdown(board: Leaderboard, source: str) -> str:
         "† = not trained with the paper's budget (smoke or reduced run): **not a paper reproduction**.",
         "Mean rows average categories; `(n/m)` = only n of m categories have a value. "
         "Runs evaluated at model resolution (`evaluation.resolution=model`) are left out.",
+        "Heatmaps, curves and the provenance of every number: [report.html](report.html) (`anobench report`).",
         "",
     ]
     for dataset in dict.fromkeys(r["dataset"] for r in board.rows):
@@ -279,7 +280,19 @@ def write_leaderboard(results_dir: str | Path) -> Leaderboard:
         board = build_leaderboard(results, warnings=warnings)
         atomic_write_text(results_dir / "leaderboard.csv", to_csv(board))
         atomic_write_text(results_dir / "leaderboard.md", to_markdown(board, source="runs/"))
+        _write_report_beside(results_dir, results, warnings, board)
     return board
+
+
+def _write_report_beside(results_dir: Path, results: list[dict[str, Any]], warnings: list[str],
+                         board: Leaderboard) -> None:
+    """Keep report.html (linked from leaderboard.md) in step with the tables; a page problem is only a warning."""
+    try:
+        from anobench.visualize.report import write_report
+
+        write_report(results_dir, results=results, warnings=warnings, board=board)
+    except Exception as error:  # noqa: BLE001 - the tables are written; the page is a convenience
+        print(f"warning: could not write {results_dir / 'report.html'}: {type(error).__name__}: {error}")
 
 
 def print_leaderboard(board: Leaderboard, only: set[tuple] | None = None) -> None:

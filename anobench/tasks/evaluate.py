@@ -20,6 +20,7 @@ from anobench.results.record import RESULT_FILE
 from anobench.tasks.train import (
     base_record, build_run, build_trainer, record_test_results, run_dir_from_hydra, run_recorded,
 )
+from anobench.visualize.task import eval_visualize_settings, record_figures
 
 
 def load_run_config(checkpoint: Path) -> DictConfig:
@@ -45,6 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for key in ("resolution", "pro_fpr_limit"):
         if cfg.evaluation[key] is not None:
             run_cfg.evaluation[key] = cfg.evaluation[key]
+    run_cfg.visualize = eval_visualize_settings(run_cfg, cfg)
 
     run_dir = run_dir_from_hydra()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -63,5 +65,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(module, datamodule=datamodule, verbose=False)
         timings["inference_s"] = time.perf_counter() - start
         record_test_results(record, module, datamodule)
+        record_figures(record, run_cfg, run_dir, module, datamodule, timings)
 
     return run_recorded(record, run_dir, run_cfg, body)

@@ -19,6 +19,7 @@ from anobench.results.leaderboard import write_leaderboard
 from anobench.results.record import (
     device_info, failure_info, git_sha, library_versions, now_iso, peak_memory, write_result,
 )
+from anobench.visualize.task import record_figures
 
 SWEEP_LOG_ENV = "ANOBENCH_JOB_LOG"  # set by the CLI: every job appends its result path there
 
@@ -169,5 +170,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(module, datamodule=datamodule, verbose=False)
         timings["inference_s"] = time.perf_counter() - start
         record_test_results(record, module, datamodule)
+        record_figures(record, cfg, run_dir, module, datamodule, timings)
 
     return run_recorded(record, run_dir, cfg, body)
