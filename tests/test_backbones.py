@@ -50,3 +50,42 @@ def test_corrupt_weights_file_is_named(tmp_path):
 def test_unknown_architecture_is_a_config_error():
     with pytest.raises(ConfigError, match="resnet1800"):
         build_backbone("resnet1800", pretrained=False)
+
+
+def test_failed_download_is_explained_with_the_expected_file(tmp_path, monkeypatch):
+    """Where a download is allowed but there is no network, the error still names the file to put in place."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("ANOBENCH_OFFLINE", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(WeightsNotFoundError) as info:
+        build_backbone("resnet18", pretrained=True, allow_download=True)
+    message = str(info.value)
+    assert str(expected_weights_file("resnet18")) in message
+    assert "download failed" in message and "name resolution" in message
+
+
+def test_offline_env_never_tries_to_download_and_download_fills_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    reference = build_backbone("resnet18", pretrained=False)
+    calls = []
+
+    def fake_download(url, progress=True, check_hash=True):
+        calls.append(url)
+        target = expected_weights_file("resnet18")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(reference.state_dict(), target)
+        return reference.state_dict()
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    monkeypatch.setenv("ANOBENCH_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError):
+        build_backbone("resnet18", pretrained=True)
+    assert calls == []
+    monkeypatch.delenv("ANOBENCH_OFFLINE")
+    loaded = build_backbone("resnet18", pretrained=True)  # "network": downloaded into the hub cache, then loaded
+    assert len(calls) == 1 and expected_weights_file("resnet18").name in calls[0]
+    assert torch.equal(loaded.conv1.weight, reference.conv1.weight)

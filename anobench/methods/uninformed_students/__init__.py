@@ -1,0 +1,21 @@
+"""Uninformed Students (Bergmann et al., CVPR 2020); importing this package registers "uninformed_students"."""
+
+from anobench.methods.uninformed_students.module import UninformedStudents
+from anobench.methods.uninformed_students.teacher import BackboneSpec, TeacherConfig, prepare_teachers
+from anobench.methods.uninformed_students.torch_model import (
+    PatchNet,
+    StudentTeacherModel,
+    predictive_variance,
+    regression_error,
+)
+
+__all__ = [
+    "BackboneSpec",
+    "PatchNet",
+    "StudentTeacherModel",
+    "TeacherConfig",
+    "UninformedStudents",
+    "predictive_variance",
+    "prepare_teachers",
+    "regression_error",
+]

@@ -1,0 +1,227 @@
+"""Lightning side of Uninformed Students: teacher preparation, held-out normals, student regression.
+
+Fit:
+1. `on_fit_start`: hold out a seeded part of the training images as normal validation images; load or
+   distil the teachers (`teacher.py`, cached across categories); measure the per-channel mean/std of
+   every teacher's dense descriptors over the remaining training images.
+2. `training_step`: every student regresses the normalised teacher descriptors of every pixel
+   (mean over pixels of ‖student − (teacher − μ)/σ‖²); held-out images are dropped from the batch.
+3. `prepare_inference` (start of every test): mean/std of the regression error and of the predictive
+   variance over all pixels of the held-out normal images, per scale — the standardisation of the score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from anobench.methods.base import AnomalyModule, OptimizerFactory
+from anobench.methods.registry import register_method
+from anobench.methods.uninformed_students.teacher import BackboneSpec, TeacherConfig, prepare_teachers
+from anobench.methods.uninformed_students.torch_model import (
+    PATCH_SIZES,
+    PatchNet,
+    StudentTeacherModel,
+    normalize_images,
+)
+
+
+def image_fingerprint(image: torch.Tensor) -> str:
+    """Identity of a [0, 1] image as stored (8-bit): finds held-out images again in training batches."""
+    pixels = (image.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).contiguous()
+    return hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _dihedral(image: torch.Tensor) -> Iterable[torch.Tensor]:
+    """The 8 flips/rotations the datamodule's augmentation can produce."""
+    for flipped in (image, image.flip(-1)):
+        for k in range(4):
+            yield torch.rot90(flipped, k, dims=(-2, -1))
+
+
+def held_out_indices(n_images: int, fraction: float, seed: int) -> list[int]:
+    """Seeded choice of round(fraction·n) training images (at least 1, never all) kept for validation."""
+    if fraction <= 0 or n_images < 2:
+        return []
+    count = min(n_images - 1, max(1, round(fraction * n_images)))
+    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[:count].tolist())
+
+
+class _RunningMoments:
+    """Mean and std over many values, accumulated in float64 (per channel, or of scalars)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | float = 0.0
+        self.total_sq: torch.Tensor | float = 0.0
+
+    def add(self, values: torch.Tensor, dims: tuple[int, ...]) -> None:
+        values = values.double()
+        total = values.sum(dim=dims)
+        self.count += values.numel() // total.numel()  # values per accumulated entry
+        self.total = self.total + total
+        self.total_sq = self.total_sq + values.pow(2).sum(dim=dims)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.total / self.count
+        var = (self.total_sq / self.count - mean**2).clamp_min(0)
+        return torch.as_tensor(mean).float(), torch.as_tensor(var).sqrt().float()
+
+
+@register_method("uninformed_students")
+class UninformedStudents(AnomalyModule):
+    """Uninformed Students (Bergmann et al., CVPR 2020). See README.md next to this file."""
+
+    def __init__(
+        self,
+        patch_sizes: list[int] | tuple[int, ...] = PATCH_SIZES,
+        n_students: int = 3,
+        descriptor_dim: int = 128,
+        width: float = 1.0,
+        val_fraction: float = 0.1,
+        val_seed: int = 0,
+        train_crop: int | None = None,
+        backbone: dict[str, Any] | None = None,
+        teacher: dict[str, Any] | None = None,
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__(optimizer)
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.backbone_spec = BackboneSpec.from_dict(backbone)
+        self.teacher_config = TeacherConfig.from_dict(teacher)
+        self.val_fraction = float(val_fraction)
+        self.val_seed = int(val_seed)
+        self.train_crop = None if train_crop is None else int(train_crop)
+        self.width = float(width)
+        self.model = StudentTeacherModel(patch_sizes, n_students, descriptor_dim, width)  # students: run seed
+        # each teacher starts from a seed of its own, the same for every category, run and scale list
+        # (a random-init teacher is then one fixed network; a distilled one starts from it)
+        for p in self.model.patch_sizes:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.teacher_config.seed * 1000 + p)
+                fresh = PatchNet(p, descriptor_dim, width)
+            self.model.teachers[str(p)].load_state_dict(fresh.state_dict())
+        self.teacher_report: dict[int, dict[str, Any]] = {}
+        self._held_out_fingerprints: set[str] = set()
+
+    # --- fit --------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "inference_train_dataloader"):
+            raise RuntimeError("UninformedStudents needs trainer.fit(..., datamodule=...) with inference_train_dataloader()")
+        loader = datamodule.inference_train_dataloader()
+        n_images = len(loader.dataset)
+        held_out = set(held_out_indices(n_images, self.val_fraction, self.val_seed))
+        self._held_out_fingerprints = set()
+        for batch in loader:
+            for image, index in zip(batch["image"], batch["index"].tolist()):
+                if index in held_out:
+                    self._held_out_fingerprints.update(image_fingerprint(v) for v in _dihedral(image))
+
+        def category_images() -> list[torch.Tensor]:
+            return [img for b in loader for img, i in zip(b["image"], b["index"].tolist()) if i not in held_out]
+
+        from anobench.backbones import build_backbone
+
+        data_id = ":".join(str(getattr(datamodule, key, "")) for key in ("dataset", "category", "root", "image_size"))
+        teachers = {p: self.model.teachers[str(p)] for p in self.model.patch_sizes}
+        self.teacher_report = prepare_teachers(
+            teachers, self.model.descriptor_dim, self.width, self.backbone_spec, self.teacher_config,
+            category_images, data_id, self.device, build_backbone)
+        for p, info in self.teacher_report.items():
+            print(f"uninformed_students: teacher p={p}: {info['source']}" + (f" ({info['path']})" if "path" in info else ""))
+        self.fit_teacher_statistics(loader, exclude=held_out)
+
+    @torch.no_grad()
+    def fit_teacher_statistics(self, loader: DataLoader, exclude: set[int] = frozenset()) -> None:
+        """Per-channel mean/std of each teacher's dense descriptors over the training images."""
+        moments = {p: _RunningMoments() for p in self.model.patch_sizes}
+        for batch in loader:
+            keep = [k for k, i in enumerate(batch["index"].tolist()) if i not in exclude]
+            if not keep:
+                continue
+            x = normalize_images(batch["image"][keep].to(self.device))
+            for p in self.model.patch_sizes:
+                moments[p].add(self.model.teachers[str(p)].dense(x), dims=(0, 2, 3))
+        for k, p in enumerate(self.model.patch_sizes):
+            mean, std = moments[p].result()
+            self.model.teacher_mean[k] = mean.to(self.device)
+            self.model.teacher_std[k] = std.clamp_min(1e-6).to(self.device)
+        self.model.fitted[0] = True
+
+    def student_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch without held-out validation images (they only standardise scores)."""
+        if not self._held_out_fingerprints:
+            return images
+        keep = [k for k, image in enumerate(images) if image_fingerprint(image) not in self._held_out_fingerprints]
+        return images[keep]
+
+    def _training_view(self, x: torch.Tensor, scale: int) -> tuple[torch.Tensor, bool]:
+        """The input the students see this step at `scale`: the whole (normalised) image, or with
+        `train_crop` a random crop of crop×crop output pixels plus its real p−1 context (the same
+        per-pixel targets as the whole image, at a fraction of the cost). Returns (input, padding)."""
+        size = min(x.shape[-2:])
+        if self.train_crop is None or self.train_crop >= size:
+            return x, True
+        half = (scale - 1) // 2
+        padded = F.pad(x, (half, half, half, half))  # the zero padding that dense() uses on whole images
+        top, left = (int(v) for v in torch.randint(0, size - self.train_crop + 1, (2,)))
+        extent = self.train_crop + scale - 1
+        return padded[..., top:top + extent, left:left + extent], False
+
+    def compute_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mean over students and pixels of ‖student − normalised teacher‖², per scale and in total."""
+        x = normalize_images(images)
+        out: dict[str, torch.Tensor] = {}
+        for k, p in enumerate(self.model.patch_sizes):
+            view, padding = self._training_view(x, p)
+            with torch.no_grad():
+                teacher = self.model.teachers[str(p)].dense(view, padding=padding)
+                target = (teacher - self.model.teacher_mean[k].view(1, -1, 1, 1)) / self.model.teacher_std[k].view(1, -1, 1, 1)
+            students = torch.stack([s.dense(view, padding=padding) for s in self.model.students[str(p)]])
+            out[f"loss_p{p}"] = (students - target.unsqueeze(0)).pow(2).sum(dim=2).mean()
+        out["loss"] = torch.stack([out[f"loss_p{p}"] for p in self.model.patch_sizes]).sum()
+        return out
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        images = self.student_batch(batch["image"])
+        if images.shape[0] == 0:
+            return None  # only held-out images in this batch
+        out = self.compute_losses(images)
+        for name, value in out.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=images.shape[0])
+        return out["loss"]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.model.students.parameters())
+
+    # --- inference --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare_inference(self, train_loader: DataLoader) -> None:
+        """Standardisation statistics of error and variance from the held-out normal training images
+        (all training images when none are held out), per scale."""
+        n_images = len(train_loader.dataset)
+        held_out = set(held_out_indices(n_images, self.val_fraction, self.val_seed))
+        if not bool(self.model.fitted[0]):  # e.g. evaluating a model that was never fitted
+            self.fit_teacher_statistics(train_loader, exclude=held_out)
+        errors = {p: _RunningMoments() for p in self.model.patch_sizes}
+        variances = {p: _RunningMoments() for p in self.model.patch_sizes}
+        for batch in train_loader:
+            keep = [k for k, i in enumerate(batch["index"].tolist()) if not held_out or i in held_out]
+            if not keep:
+                continue
+            for p, (e, v) in self.model.error_and_variance(batch["image"][keep].to(self.device)).items():
+                errors[p].add(e, dims=tuple(range(e.ndim)))
+                variances[p].add(v, dims=tuple(range(v.ndim)))
+        for k, p in enumerate(self.model.patch_sizes):
+            self.model.error_stats[k] = torch.stack(errors[p].result()).to(self.device)
+            self.model.variance_stats[k] = torch.stack(variances[p].result()).to(self.device)
+        self.model.fitted[1] = True
+
+
+__all__ = ["UninformedStudents", "held_out_indices", "image_fingerprint"]
