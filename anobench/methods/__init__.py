@@ -8,5 +8,7 @@ from anobench.methods import memae  # noqa: E402,F401
 from anobench.methods import mnad  # noqa: E402,F401
 from anobench.methods import uninformed_students  # noqa: E402,F401
 from anobench.methods import gradcon  # noqa: E402,F401
+from anobench.methods import ognet  # noqa: E402,F401
+from anobench.methods import synthcp  # noqa: E402,F401
 
 __all__ = ["AnomalyModule", "AnomalyOutput", "get_method", "list_methods", "register_method"]

@@ -1,0 +1,219 @@
+"""OGNet: schedule, G_old snapshot, phase two (G frozen, D on four labelled kinds), GAN plumbing, learning."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anobench.errors import ConfigError
+from anobench.methods import get_method
+from anobench.methods.base import AnomalyOutput
+from anobench.methods.components.gan import (
+    adversarial_loss,
+    alternating_role,
+    build_discriminator,
+    discriminator_loss,
+    frozen_copy,
+    generator_loss,
+)
+from anobench.methods.ognet import OGNet, OGNetModel, resolve_schedule
+
+_SMALL = dict(generator_channels=(8, 16, 16, 32), discriminator_channels=(8, 16, 16, 32))
+_SYNTHETIC = dict(n_train=12, n_test_good=8, n_test_per_defect=4)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _datamodule(tmp_path, category: str = "washer", seed: int = 0, batch: int = 8, size: int = 64):
+    from anobench.data import AnomalyDataModule
+
+    return AnomalyDataModule(dataset="synthetic", category=category, root=str(tmp_path), image_size=size,
+                             train_batch_size=batch, eval_batch_size=16, train_repeats=50, seed=seed,
+                             synthetic=_SYNTHETIC)
+
+
+def _trainer(max_steps: int, callbacks=()) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                     callbacks=list(callbacks))
+
+
+# --- GAN plumbing (components/gan.py) -------------------------------------------------------------
+def test_discriminator_heads_and_losses():
+    linear = build_discriminator(3, (8, 16), head="linear", input_size=64, kernel_size=5)
+    patch = build_discriminator(5, (8, 16), head="patch", kernel_size=4, norm="instance")
+    assert linear(torch.rand(4, 3, 64, 64)).shape == (4,)
+    assert patch(torch.rand(4, 5, 64, 64)).shape == (4, 1, 15, 15)  # PatchGAN: k=4 stride-1 head
+    with pytest.raises(ValueError, match="input_size"):
+        build_discriminator(3, (8,), head="linear")
+    logits = torch.tensor([2.0, -1.0])
+    torch.testing.assert_close(adversarial_loss(logits, 1.0), F.binary_cross_entropy_with_logits(logits, torch.ones(2)))
+    torch.testing.assert_close(adversarial_loss(logits, 0.0, "hinge"), F.relu(1 + logits).mean())
+    torch.testing.assert_close(discriminator_loss(logits, -logits, "lsgan"),
+                               0.5 * ((logits - 1).pow(2).mean() + (-logits).pow(2).mean()))
+    torch.testing.assert_close(generator_loss(logits, "hinge"), -logits.mean())
+    assert [alternating_role(s) for s in range(4)] == ["D", "G", "D", "G"]
+    assert [alternating_role(s, d_steps=2) for s in range(3)] == ["D", "D", "G"]
+    snapshot = frozen_copy(linear)
+    assert not snapshot.training and not any(p.requires_grad for p in snapshot.parameters())
+
+
+# --- schedule ------------------------------------------------------------------------------------
+def test_schedule_splits_the_budget_and_refuses_too_small_ones():
+    s = resolve_schedule(100, phase_two_fraction=0.2, g_old_fraction=0.3)
+    assert (s.phase_one_steps, s.g_old_step, s.phase_two_steps) == (80, 24, 20)
+    s = resolve_schedule(2, 0.2, 0.3)  # the smoke budget: one step per phase
+    assert (s.phase_one_steps, s.phase_two_steps) == (1, 1) and s.g_old_step == 0
+    for bad in (1, float("inf")):
+        with pytest.raises(ConfigError, match="ognet"):
+            resolve_schedule(bad, 0.2, 0.3)
+    with pytest.raises(ConfigError, match="phase_two_fraction"):
+        resolve_schedule(100, 1.0, 0.3)
+
+
+def test_fit_refuses_a_one_step_budget(tmp_path):
+    with pytest.raises(ConfigError, match="at least 2"):
+        _trainer(1).fit(OGNet(**_SMALL), datamodule=_datamodule(tmp_path))
+
+
+# --- phase two -----------------------------------------------------------------------------------
+def test_phase_two_examples_and_labels():
+    torch.manual_seed(0)
+    module = OGNet(**_SMALL).eval()
+    model = module.model
+    model.snapshot_old_generator(0)
+    with torch.no_grad():  # make G and G_old different networks
+        for p in model.generator.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(5, 3, 64, 64) * 2 - 1
+    examples = module.phase_two_examples(x)
+    with torch.no_grad():
+        old = model.generator_old(x)
+        torch.testing.assert_close(examples["real"], x)
+        torch.testing.assert_close(examples["reconstruction"], model.generator(x))
+        torch.testing.assert_close(examples["old"], old)
+        assert not torch.allclose(examples["reconstruction"], examples["old"])
+        # every pseudo-anomaly is G_old of the mean of G_old(x_i) and G_old(x_j) for some j != i
+        for i in range(5):
+            candidates = [model.generator_old(0.5 * (old[i : i + 1] + old[j : j + 1])) for j in range(5) if j != i]
+            assert any(torch.allclose(examples["pseudo"][i : i + 1], c, atol=1e-5) for c in candidates), i
+
+    # labels: good kinds (real, G(x)) → 1, bad kinds (G_old(x), pseudo) → 0, weighted by β / α
+    module.alpha, module.beta = 0.3, 0.8
+    fixed = {"real": 1.5, "reconstruction": -0.5, "old": 0.7, "pseudo": -2.0}
+    stub = {k: torch.full((5, 3, 64, 64), float(i)) for i, k in enumerate(fixed)}
+
+    class StubD(torch.nn.Module):  # logit by kind, read from the constant the kind's images carry
+        def forward(self, batch):
+            return torch.tensor([list(fixed.values())[int(v)] for v in batch[:, 0, 0, 0]])
+
+    model.discriminator = StubD()
+    parts = module.phase_two_loss(stub)
+    bce = lambda v, t: F.binary_cross_entropy_with_logits(torch.tensor(v), torch.tensor(t))  # noqa: E731
+    expected = 0.8 * bce(1.5, 1.0) + 0.2 * bce(-0.5, 1.0) + 0.3 * bce(0.7, 0.0) + 0.7 * bce(-2.0, 0.0)
+    torch.testing.assert_close(parts["loss_d2"], expected)
+
+
+class _Recorder(L.Callback):
+    """States of G (weights and BN statistics) and D at chosen steps, before that step's update."""
+
+    def __init__(self, steps: dict[str, int]) -> None:
+        self.steps, self.states = steps, {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        for name, step in self.steps.items():
+            if trainer.global_step == step:
+                self.states[name] = (_state(module.model.generator), _state(module.model.discriminator))
+
+
+def test_phase_two_freezes_g_trains_d_and_g_old_is_an_earlier_snapshot(tmp_path):
+    L.seed_everything(0)
+    module = OGNet(phase_two_fraction=0.3, g_old_fraction=0.3, **_SMALL)
+    initial_g = _state(module.model.generator)
+    schedule = resolve_schedule(12, 0.3, 0.3)  # phase one 0..7, G_old at step 2, phase two 8..11
+    assert (schedule.phase_one_steps, schedule.g_old_step, schedule.phase_two_steps) == (8, 2, 4)
+    recorder = _Recorder({"g_old": 2, "phase_two": 8})
+    _trainer(12, [recorder]).fit(module, datamodule=_datamodule(tmp_path))
+    assert module.schedule == schedule and int(module.model.g_old_step) == 2
+
+    g_at_snapshot, _ = recorder.states["g_old"]
+    g_at_phase_two, d_at_phase_two = recorder.states["phase_two"]
+    final_g, final_d = _state(module.model.generator), _state(module.model.discriminator)
+    # G_old is G as it was at step 2: after one G update, before the later ones
+    assert _same(_state(module.model.generator_old), g_at_snapshot)
+    assert not _same(g_at_snapshot, initial_g) and not _same(g_at_snapshot, g_at_phase_two)
+    # phase two: G untouched (weights and BN statistics), D trained
+    assert _same(final_g, g_at_phase_two)
+    assert not _same(final_d, d_at_phase_two)
+    # the snapshot travels in the checkpoint
+    fresh = OGNet(phase_two_fraction=0.3, g_old_fraction=0.3, **_SMALL)
+    fresh.load_state_dict(module.state_dict())
+    assert _same(_state(fresh.model.generator_old), g_at_snapshot) and int(fresh.model.g_old_step) == 2
+
+
+# --- inference contract ---------------------------------------------------------------------------
+def test_registered_and_output_contract():
+    assert get_method("ognet") is OGNet
+    model = OGNetModel(64, 3, (8, 16, 16, 32), (8, 16, 16, 32)).eval()
+    images = torch.rand(3, 3, 64, 64)
+    out = model(images)
+    assert isinstance(out, AnomalyOutput) and out.anomaly_map.shape == (3, 64, 64) and out.pred_score.shape == (3,)
+    x = images * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(out.pred_score, -model.discriminator(model.generator(x)))  # −logit of D(G(x))
+        torch.testing.assert_close(out.anomaly_map, (x - model.generator(x)).pow(2).sum(1).sqrt())
+    with pytest.raises(ValueError, match="multiple"):
+        OGNetModel(60)
+
+
+# --- learning on synthetic data -------------------------------------------------------------------
+def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: int = 120,
+                 **kwargs) -> dict[str, float]:
+    """Fit + test; besides the evaluator's metrics, what the two phases learned on the training images."""
+    L.seed_everything(seed)
+    module = OGNet(**kwargs)
+    datamodule = _datamodule(tmp_path, category, seed)
+    train = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()]) * 2 - 1
+    with torch.no_grad():
+        initial_mse = F.mse_loss(module.model.generator.eval()(train), train).item()
+    trainer = _trainer(max_steps)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == max_steps and int(module.model.g_old_step) == module.schedule.g_old_step
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    module.eval()
+    with torch.no_grad():
+        examples = module.phase_two_examples(train)
+        logits = {k: module.model.discriminator(v) for k, v in examples.items()}
+        good = torch.cat([logits["real"], logits["reconstruction"]]) > 0
+        bad = torch.cat([logits["old"], logits["pseudo"]]) < 0
+        metrics = dict(module.test_results["metrics"])
+        metrics["d_phase_two_accuracy"] = torch.cat([good, bad]).float().mean().item()
+        metrics["reconstruction_mse_ratio"] = F.mse_loss(examples["reconstruction"], train).item() / initial_mse
+    return metrics
+
+
+@pytest.mark.slow
+def test_ognet_learns_on_synthetic(tmp_path):
+    """Washer, 64×64, batch 8, 120 steps (96 phase one, G_old at step 29, 24 phase two), CPU, with
+    λ_R = 10 instead of the paper's 0.4 so that G's reconstruction learns within its 48 updates.
+
+    Measured (seeds 0/1): D separates the four phase-two kinds on the training images (accuracy
+    1.0 / 1.0; threshold 0.9); pixel AUROC of the residual map 0.588 / 0.592 (threshold 0.54); image
+    AUROC of the map's max 0.680 / 0.789 (threshold 0.60). The paper's image score, D(G(x)), is NOT above
+    chance here (0.320 / 0.312; 0.27–0.59 over washer/tablet/weave/granite after 1500 steps on GPU): D
+    learns to tell G_old's blur and the pseudo-anomalies' ghosting from G's sharper output, and small
+    local defects make G(x) look like neither — see README "Results". So the image score is reported,
+    not asserted.
+    """
+    metrics = fit_and_test(tmp_path, lambda_reconstruction=10.0)
+    assert metrics["d_phase_two_accuracy"] >= 0.9, metrics
+    assert metrics["pixel_auroc"] >= 0.54, metrics
+    assert metrics["image_auroc_map_max"] >= 0.60, metrics
