@@ -67,6 +67,17 @@ class AnomalyModule(L.LightningModule):
         """
         return scores
 
+    def evaluation_exclusions(self) -> list[int]:
+        """Test-sample indices left out of evaluation. Default: none.
+
+        A semi-supervised method (NBS) saw these test images with labels, so they must not be scored.
+        """
+        return []
+
+    def extra_test_results(self) -> dict[str, Any]:
+        """Entries added to ``test_results`` (and so to result.json's ``evaluation``). Default: none."""
+        return {}
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
@@ -97,14 +108,19 @@ class AnomalyModule(L.LightningModule):
         scores = np.concatenate(self._scores)[order]
         parts = np.concatenate(self._score_parts)[order] if self._score_parts else None
         scores = np.asarray(self.finalize_test_scores(scores, parts), dtype=np.float64)
+        excluded = set(self.evaluation_exclusions())
+        keep = [i for i in range(len(samples)) if i not in excluded]
+        maps, scores = [maps[i] for i in keep], scores[keep]
         self.test_results = evaluate_category(
             anomaly_maps=maps,
             image_scores=scores,
-            masks=[datamodule.load_mask(i) for i in range(len(samples))],
-            labels=np.array([s.label for s in samples]),
+            masks=[datamodule.load_mask(i) for i in keep],
+            labels=np.array([samples[i].label for i in keep]),
             resolution=self.evaluation_resolution,
             fpr_limit=self.pro_fpr_limit,
         )
-        self.test_maps, self.test_scores = maps, scores  # for anobench.visualize (run figures)
+        self.test_results.update(self.extra_test_results())
+        # for anobench.visualize (run figures): the evaluated samples, their maps and scores
+        self.evaluated_indices, self.test_maps, self.test_scores = keep, maps, scores
         for key, value in self.test_results["metrics"].items():
             self.log(f"test/{key}", float(value))

@@ -50,9 +50,11 @@ def record_figures(record: dict[str, Any], cfg: DictConfig, run_dir: Path, modul
         record["figures"] = {"enabled": False}
         return
     start = time.perf_counter()
+    keep = list(getattr(module, "evaluated_indices", range(len(datamodule.test_samples))))
     try:
         manifest = write_run_figures(
-            run_dir, module.test_maps, module.test_scores, datamodule.test_samples, datamodule.load_mask,
+            run_dir, module.test_maps, module.test_scores, [datamodule.test_samples[i] for i in keep],
+            lambda j: datamodule.load_mask(keep[j]),
             module.test_results, max_per_defect=max_per_defect,
             title=f"{cfg.method.name} on {cfg.data.dataset}/{cfg.data.category}, seed {cfg.seed}",
         )
