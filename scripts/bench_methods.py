@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 
-def _measure(method: str, device: str, steps: int, data: str, overrides: list[str], queue) -> None:
+def _measure(method: str, device: str, steps: int, data: str, data_dir: str | None, overrides: list[str],
+             queue) -> None:
     import lightning as L
     import torch
     from hydra import compose, initialize_config_dir
@@ -59,7 +60,7 @@ def _measure(method: str, device: str, steps: int, data: str, overrides: list[st
 
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
-            f"method={method}", f"data={data}", f"paths.data_dir={Path(tmp) / 'data'}",
+            f"method={method}", f"data={data}", f"paths.data_dir={data_dir or Path(tmp) / 'data'}",
             f"paths.results_dir={Path(tmp) / 'results'}", *overrides])
         datamodule, module = build_run(cfg)
         timer = Timer()
@@ -95,6 +96,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--steps", type=int, default=6, help="training steps (the first is a warm-up)")
     parser.add_argument("--data", default="synthetic/washer")
+    parser.add_argument("--data-dir", default=None,
+                        help="where synthetic data (and cached teachers) live; default: a new temp folder per method")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every method")
     args = parser.parse_args()
     if args.device is None:
@@ -108,7 +111,8 @@ def main() -> None:
           f"{'prepare s':>10s}  peak memory")
     for method in methods:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(method, args.device, args.steps, args.data, args.override, queue))
+        proc = ctx.Process(target=_measure,
+                           args=(method, args.device, args.steps, args.data, args.data_dir, args.override, queue))
         proc.start()
         proc.join()
         if proc.exitcode != 0 or queue.empty():
