@@ -2,8 +2,10 @@
 
     anobench train [method=patch_svdd] [data=synthetic/washer] [trainer=cpu] [key=value ...] [-m ...]
     anobench eval checkpoint=<run dir>/checkpoints/last.ckpt [evaluation.resolution=model]
+    anobench bench suite=<name> [results_dir=DIR] [n_jobs=N] [dry_run=true] [suite keys] [train overrides]
     anobench leaderboard [--results-dir results]
     anobench report [--results-dir results] [--output FILE]
+    anobench reproduce --check <results dir> [--allow-reduced]
     anobench data download mvtec --root DIR [--archive FILE]
     anobench data synth --root DIR [--category weave ...]
 
@@ -42,8 +44,12 @@ def usage() -> str:
         "               e.g. anobench train method=patch_svdd data=mvtec/bottle data.root=/path/to/mvtec",
         "               sweep: anobench train -m sweep=mvtec method=patch_svdd [hydra/launcher=joblib]",
         "  eval         re-test a checkpoint: anobench eval checkpoint=<run dir>/checkpoints/last.ckpt",
+        "  bench        run a suite (methods × categories × seeds), resumable, one leaderboard per suite",
+        "               e.g. anobench bench suite=synthetic_quick [n_jobs=2]; suite=method method=<name>",
+        "               suites: " + ", ".join(group_options("suite", root)),
         "  leaderboard  rebuild results/leaderboard.{md,csv} from the result files (--results-dir DIR)",
         "  report       write results/report.html: leaderboard, each run's heatmaps/curves and provenance",
+        "  reproduce    reproduce --check DIR [--allow-reduced]: ours vs the papers' numbers, within tolerance?",
         "  data         data download mvtec --root DIR [--archive FILE] | data synth --root DIR",
         "",
         "Hydra flags work after train/eval: --cfg job, --info, -m/--multirun, hydra/launcher=joblib.",
@@ -200,11 +206,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report_command(rest)
         if verb == "data":
             return data_command(rest)
+        if verb == "bench":
+            from anobench.tasks.bench import bench_command
+
+            return bench_command(rest)
+        if verb == "reproduce":
+            from anobench.results.reproduce import reproduce_command
+
+            return reproduce_command(rest)
     except AnobenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"error: unknown command {verb!r}; expected one of: train, eval, leaderboard, report, data\n\n{usage()}",
-          file=sys.stderr)
+    print(f"error: unknown command {verb!r}; expected one of: train, eval, bench, leaderboard, report, reproduce, data"
+          f"\n\n{usage()}", file=sys.stderr)
     return 2
 
 

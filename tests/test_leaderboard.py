@@ -90,3 +90,39 @@ def test_model_resolution_results_are_left_out():
     model_res["evaluation"] = {"resolution": "model"}
     rows = _rows(build_leaderboard([gt, model_res], paper={}))
     assert rows[("mvtec", "bottle")][("m", "pro")].mean == pytest.approx(0.9)
+
+
+def test_multi_seed_cells_show_mean_std_and_seed_count_in_markdown_and_csv(tmp_path):
+    from anobench.results.leaderboard import to_markdown
+
+    results = [_record("m", "bottle", seed=s, metrics={"image_auroc": v, "pixel_auroc": 0.5, "pro": 0.5})
+               for s, v in enumerate((0.6, 0.8, 0.7))]
+    results.append(_record("m", "cable", metrics={"image_auroc": 0.9, "pixel_auroc": 0.9, "pro": 0.9}))
+    results += [_record("m", "screw", seed=0, metrics={"image_auroc": 0.5, "pixel_auroc": 0.5, "pro": 0.5}),
+                _record("m", "screw", seed=1, metrics={"image_auroc": 0.7, "pixel_auroc": 0.5, "pro": 0.5}),
+                _record("m", "screw", seed=2, status="failed")]
+    for number, record in enumerate(results):
+        record["_path"] = f"runs/{number}/result.json"
+    board = build_leaderboard(results, paper={})
+    md = to_markdown(board, source="runs/")
+    assert "| bottle | 0.700 ± 0.100 (3 seeds) | 0.500 ± 0.000 (3 seeds) |" in md
+    assert "| cable | 0.900 | 0.900 | 0.900 |" in md  # one seed: no ± and no count
+    assert "| screw | 0.600 ± 0.141 (2 seeds, 1 failed) |" in md
+    by_category = {r["category"]: r for r in csv.DictReader(io.StringIO(to_csv(board)))}
+    assert (by_category["bottle"]["m/image_auroc"], by_category["bottle"]["m/image_auroc/std"],
+            by_category["bottle"]["m/image_auroc/n_seeds"]) == ("0.700", "0.100", "3")
+    assert (by_category["cable"]["m/image_auroc/std"], by_category["cable"]["m/image_auroc/n_seeds"]) == ("", "1")
+
+
+def test_semi_supervised_runs_get_their_own_column():
+    """NBS saw labelled defect images: its runs never share a column with unsupervised runs of any method."""
+    unsupervised = _record("nbs", "bottle", metrics={"image_auroc": 0.5, "pixel_auroc": 0.5, "pro": 0.5})
+    semi = _record("nbs", "bottle", seed=1, metrics={"image_auroc": 0.9, "pixel_auroc": 0.9, "pro": 0.9})
+    semi["evaluation"] = {"supervision": "semi_supervised", "labelled_set": {"source": "test_split"}}
+    failed = _record("nbs", "cable", status="failed")  # no evaluation block: the config says semi-supervised
+    failed["config"] = {"method": {"supervision": "semi_supervised", "module": {"labelled_source": "synthetic"}}}
+    board = build_leaderboard([unsupervised, semi, failed])
+    row = _rows(board)[("mvtec", "bottle")]
+    assert row[("nbs", "image_auroc")].mean == 0.5  # the semi-supervised 0.9 is not averaged in
+    assert row[("nbs [semi-supervised: test_split]", "image_auroc")].mean == 0.9
+    assert _rows(board)[("mvtec", "cable")][("nbs [semi-supervised: synthetic]", "image_auroc")].failed == 1

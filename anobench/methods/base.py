@@ -81,6 +81,22 @@ class AnomalyModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
+    # --- training: a method with one loss per batch only writes compute_losses ------------------
+    def compute_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms for a batch of [0, 1] images; 'loss' is what the optimiser minimises."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_losses or training_step")
+
+    def log_losses(self, out: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log every scalar of `out` as train/<name> ('loss' on the progress bar)."""
+        for name, value in out.items():
+            if isinstance(value, torch.Tensor) and value.ndim == 0:
+                self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch_size)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.compute_losses(batch["image"])
+        self.log_losses(out, batch_size=batch["image"].shape[0])
+        return out["loss"]
+
     # --- shared test loop ------------------------------------------------------------------
     def on_test_start(self) -> None:
         self._maps, self._scores, self._indices, self._score_parts = [], [], [], []

@@ -41,10 +41,11 @@ def category_kind(dataset: str, category: str) -> str:
     return "texture" if category in MVTEC_TEXTURES else "object"
 
 
-def collect_results(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every readable result.json under results_dir/runs, plus a warning per unreadable one."""
+def collect_results(results_dir: str | Path,
+                    pattern: str = f"runs/**/{RESULT_FILE}") -> tuple[list[dict[str, Any]], list[str]]:
+    """Every readable result.json under results_dir matching `pattern`, plus a warning per unreadable one."""
     results, warnings = [], []
-    for path in sorted(Path(results_dir).glob(f"runs/**/{RESULT_FILE}")):
+    for path in sorted(Path(results_dir).glob(pattern)):
         try:
             record = read_result(path)
         except ValueError as error:
@@ -55,11 +56,24 @@ def collect_results(results_dir: str | Path) -> tuple[list[dict[str, Any]], list
     return results, warnings
 
 
+def method_label(record: dict[str, Any]) -> str:
+    """The method's column name: semi-supervised runs (labelled defect images, e.g. NBS) get their own
+    column, ``<method> [semi-supervised: <source>]``, never averaged with or mistaken for the
+    unsupervised protocol."""
+    evaluation = record.get("evaluation") or {}
+    method_cfg = (record.get("config") or {}).get("method") or {}  # failed runs have no evaluation
+    if evaluation.get("supervision", method_cfg.get("supervision")) == "semi_supervised":
+        source = ((evaluation.get("labelled_set") or {}).get("source")
+                  or (method_cfg.get("module") or {}).get("labelled_source", "?"))
+        return f"{record['method']} [semi-supervised: {source}]"
+    return record["method"]
+
+
 def latest_per_seed(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep the newest finished result for each (method, dataset, category, seed)."""
     chosen: dict[tuple, dict[str, Any]] = {}
     for record in results:
-        key = (record["method"], record["dataset"], record["category"], record["seed"])
+        key = (method_label(record), record["dataset"], record["category"], record["seed"])
         if key not in chosen or str(record.get("finished_at", "")) >= str(chosen[key].get("finished_at", "")):
             chosen[key] = record
     return [chosen[k] for k in sorted(chosen, key=lambda k: tuple(str(x) for x in k))]
@@ -77,6 +91,11 @@ class Cell:
     def mean(self) -> float | None:
         finite = [v for v in self.values if v is not None and not math.isnan(v)]
         return statistics.fmean(finite) if finite else None
+
+    @property
+    def n_seeds(self) -> int:
+        """Seeds with a value (the `n` of mean ± std)."""
+        return len([v for v in self.values if v is not None and not math.isnan(v)])
 
     @property
     def std(self) -> float | None:
@@ -98,12 +117,12 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
     paper = load_paper_numbers() if paper is None else paper
     # Only MVTec-protocol results (maps at ground-truth resolution) are comparable across rows.
     runs = latest_per_seed(r for r in results if _resolution(r) == "ground_truth")
-    methods = sorted({r["method"] for r in runs})
+    methods = sorted({method_label(r) for r in runs})
     cells: dict[tuple[str, str], dict[tuple[str, str], Cell]] = defaultdict(lambda: defaultdict(Cell))
     for run in runs:
         row_cells = cells[(run["dataset"], run["category"])]
         for metric in METRIC_KEYS:
-            cell = row_cells[(run["method"], metric)]
+            cell = row_cells[(method_label(run), metric)]
             if run["status"] == "ok":
                 value = (run.get("metrics") or {}).get(metric)
                 cell.values.append(float("nan") if value is None else float(value))
@@ -182,8 +201,11 @@ def _cell_text(cell: Any) -> str:
             text += f" ± {cell.std:.3f}"
         if cell.failed and not cell.values:
             return "failed"
+        notes = [f"{cell.n_seeds} seeds"] if cell.std is not None else []
         if cell.failed:
-            text += f" ({cell.failed} failed)"
+            notes.append(f"{cell.failed} failed")
+        if notes:
+            text += f" ({', '.join(notes)})"
         budgets = cell.budgets
     if text and budgets and budgets != {"paper"}:
         text += "†"
@@ -237,10 +259,14 @@ def to_markdown(board: Leaderboard, source: str) -> str:
         "# anobench leaderboard",
         "",
         f"Rebuilt from {len(board.runs)} result file(s) under `{source}` (next to this file) by anobench; "
-        "do not edit by hand. Values are fractions; mean over seeds (± std where there are several).",
+        "do not edit by hand. Values are fractions; mean over seeds, `mean ± std (n seeds)` where there are "
+        "several (sample std; CSV: `<method>/<metric>/std` and `/n_seeds` columns).",
         "`(paper)` columns: the number the paper reports (anobench/results/paper_numbers.yaml, with sources); "
         "Patch SVDD's paper measures pixel AUROC at 256×256, ours at ground-truth resolution.",
         "† = not trained with the paper's budget (smoke or reduced run): **not a paper reproduction**.",
+        "`[semi-supervised: …]` columns learned from labelled defect images (test_split: a few test images, "
+        "left out of that method's evaluation; synthetic: generator defects only) — not comparable with the "
+        "unsupervised columns.",
         "Mean rows average categories; `(n/m)` = only n of m categories have a value. "
         "Runs evaluated at model resolution (`evaluation.resolution=model`) are left out.",
         "Heatmaps, curves and the provenance of every number: [report.html](report.html) (`anobench report`).",
@@ -261,7 +287,7 @@ def to_markdown(board: Leaderboard, source: str) -> str:
         device = run.get("device", {})
         status = run["status"] if run["status"] == "ok" else f"failed: {(run.get('error') or {}).get('type', '?')}"
         lines.append(
-            f"| {run['method']} | {run['dataset']} | {run['category']} | {run['seed']} | {status} | "
+            f"| {method_label(run)} | {run['dataset']} | {run['category']} | {run['seed']} | {status} | "
             f"{budget.get('label', '?')} | {budget.get('global_step', '')} | {device.get('gpu') or device.get('cpu', '')} | "
             f"{(run.get('git_sha') or '')[:12]} | {run.get('finished_at', '')} | `{run.get('_rel_path', run['_path'])}` |")
     if board.warnings:

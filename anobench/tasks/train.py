@@ -15,6 +15,7 @@ from typing import Any, Callable
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from anobench.results.identity import config_hash
 from anobench.results.leaderboard import write_leaderboard
 from anobench.results.record import (
     device_info, failure_info, git_sha, library_versions, now_iso, peak_memory, write_result,
@@ -73,6 +74,7 @@ def base_record(cfg: DictConfig, task: str) -> dict[str, Any]:
         "status": "running",
         "started_at": now_iso(),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),  # anobench bench resumes by it
         "git_sha": git_sha(),
         "versions": library_versions(),
         "device": device_info(cfg.trainer.get("accelerator")),

@@ -53,12 +53,6 @@ class GradCon(AnomalyModule):
             "grad_loss": grad_loss,
         }
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images = batch["image"]
-        out = self.compute_losses(images)
-        for name, value in out.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=images.shape[0])
-        return out["loss"]
 
     def on_after_backward(self) -> None:
         """Fold this step's decoder-weight gradients into the reference (official: after backward, before step)."""

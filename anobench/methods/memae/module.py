@@ -37,8 +37,3 @@ class MemAE(AnomalyModule):
         out["active_items"] = (weights > 0).sum(dim=1).float().mean()  # sparsity diagnostic
         return out
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.compute_losses(batch["image"])
-        for name, value in out.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch["image"].shape[0])
-        return out["loss"]

@@ -57,9 +57,8 @@ class MNAD(AnomalyModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.compute_losses(batch["image"])
-        self.model.memory.copy_(out.pop("new_memory"))
-        for name, value in out.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch["image"].shape[0])
+        self.model.memory.copy_(out.pop("new_memory"))  # the update rule, never the optimiser
+        self.log_losses(out, batch_size=batch["image"].shape[0])
         return out["loss"]
 
     def configure_optimizers(self):

@@ -99,12 +99,6 @@ class PatchSVDD(AnomalyModule):
         )
         return out
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images = batch["image"]
-        out = self.compute_losses(images)
-        for name, value in out.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=images.shape[0])
-        return out["loss"]
 
     # --- inference ----------------------------------------------------------------------------
     def prepare_inference(self, train_loader: DataLoader) -> None:

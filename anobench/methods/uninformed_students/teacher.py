@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from anobench.errors import ConfigError
-from anobench.io import folder_lock
+from anobench.io import atomic_write, folder_lock
 from anobench.methods.uninformed_students.torch_model import PatchNet, normalize_images
 
 CACHE_FORMAT = 1
@@ -119,18 +117,7 @@ def cache_file(cache_dir: str | Path, patch_size: int, key: str) -> Path:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 # --- distillation data -------------------------------------------------------------------------------
