@@ -187,6 +187,39 @@ def test_aupro_equals_area_under_exact_curve(fpr_limit):
     assert aupro(maps, masks, fpr_limit) == pytest.approx(expected, abs=1e-12)
 
 
+def test_matches_reference_when_the_curve_never_reaches_the_limit():
+    """All negatives tie at the lowest score: the curve jumps from FPR 0 straight to FPR 1, so the value at
+    the limit comes only from interpolating on that last segment."""
+    rng = np.random.default_rng(3)
+    maps, masks = random_case(rng, n_images=4, decimals=2)
+    maps = [np.where(m, np.maximum(a, 0.01), 0.0) for a, m in zip(maps, masks)]
+    fprs, _ = pro_curve(maps, masks)
+    assert not np.any((fprs > 0) & (fprs < 1))  # no curve point between 0 and 1
+    for fpr_limit in (0.3, 0.05):
+        assert aupro(maps, masks, fpr_limit) == pytest.approx(reference_aupro(maps, masks, fpr_limit), abs=1e-6)
+
+
+def test_pro_and_pixel_auroc_match_references_at_real_size():
+    """Three 1024² maps with ties (two decimals) and MVTec-like regions, against the threshold-loop reference
+    and sklearn, as `evaluate_category` computes both from one split."""
+    from sklearn.metrics import roc_auc_score
+
+    from anobench.metrics import evaluate_category
+
+    rng = np.random.default_rng(11)
+    masks = [np.zeros((1024, 1024), bool) for _ in range(3)]
+    yy, xx = np.ogrid[:1024, :1024]
+    for m in masks[1:]:
+        for _ in range(4):
+            cy, cx, r = rng.integers(100, 900), rng.integers(100, 900), rng.integers(5, 60)
+            m |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    maps = [np.round(rng.random((1024, 1024)) * 0.8 + 0.2 * m, 2) for m in masks]
+    result = evaluate_category(maps, [a.max() for a in maps], masks, [0, 1, 1])
+    assert result["metrics"]["pro"] == pytest.approx(reference_aupro(maps, masks, 0.3), abs=1e-6)
+    flat = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps]))
+    assert result["metrics"]["pixel_auroc"] == pytest.approx(flat, abs=1e-6)
+
+
 def test_perfect_and_inverted_maps():
     mask = np.zeros((8, 8), bool)
     mask[2:4, 2:5] = True
