@@ -82,7 +82,11 @@ def run_hydra_verb(verb: str, args: list[str]) -> int:
     task = _load(target)
 
     def entry(cfg):  # noqa: ANN001 - Hydra passes a DictConfig
-        return task(cfg)
+        try:
+            return task(cfg)
+        except AnobenchError as error:  # bad input: the failed result.json is written; the message says it all
+            print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     entry.__module__ = __name__
     multirun = _multirun_requested(args)

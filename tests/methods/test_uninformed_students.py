@@ -407,6 +407,7 @@ def test_cli_offline_without_weights_stops_with_one_error_naming_the_file(run_cl
     expected = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert str(expected) in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.count("WeightsNotFoundError: pretrained weights for backbone 'resnet18' not found") == 1
+    assert "Traceback" not in proc.stderr and proc.returncode == 2  # one clear error, no stack trace
     import json
 
     results = list((tmp_path / "results" / "runs").rglob("result.json"))
