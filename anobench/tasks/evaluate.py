@@ -8,7 +8,6 @@ overridden (e.g. data moved, or evaluation at model resolution).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from anobench.errors import ConfigError
 from anobench.results.record import RESULT_FILE
 from anobench.tasks.train import (
-    base_record, build_run, build_trainer, record_test_results, run_dir_from_hydra, run_recorded,
+    base_record, build_run, build_trainer, run_dir_from_hydra, run_recorded, run_test_and_record,
 )
-from anobench.visualize.task import eval_visualize_settings, record_figures
+from anobench.visualize.task import eval_visualize_settings
 
 
 def load_run_config(checkpoint: Path) -> DictConfig:
@@ -61,10 +60,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
         trainer = build_trainer(run_cfg.trainer, run_dir, logger=False)
-        start = time.perf_counter()
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        timings["inference_s"] = time.perf_counter() - start
-        record_test_results(record, module, datamodule)
-        record_figures(record, run_cfg, run_dir, module, datamodule, timings)
+        run_test_and_record(trainer, module, datamodule, record, run_cfg, run_dir, timings)
 
     return run_recorded(record, run_dir, run_cfg, body)

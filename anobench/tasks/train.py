@@ -149,6 +149,16 @@ def run_recorded(record: dict[str, Any], run_dir: Path, cfg: DictConfig,
     return record
 
 
+def run_test_and_record(trainer: L.Trainer, module: Any, datamodule: Any, record: dict[str, Any],
+                        cfg: DictConfig, run_dir: Path, timings: dict[str, float]) -> None:
+    """Run the shared test loop (timed), then put its metrics and the run's figures into `record`."""
+    start = time.perf_counter()
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    timings["inference_s"] = time.perf_counter() - start
+    record_test_results(record, module, datamodule)
+    record_figures(record, cfg, run_dir, module, datamodule, timings)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit `cfg.method` on `cfg.data`, test it, and record the result. Returns the result record."""
     run_dir = run_dir_from_hydra()
@@ -168,10 +178,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("save_checkpoint", True):
             trainer.save_checkpoint(checkpoint)
             record["checkpoint"] = str(checkpoint)
-        start = time.perf_counter()
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        timings["inference_s"] = time.perf_counter() - start
-        record_test_results(record, module, datamodule)
-        record_figures(record, cfg, run_dir, module, datamodule, timings)
+        run_test_and_record(trainer, module, datamodule, record, cfg, run_dir, timings)
 
     return run_recorded(record, run_dir, cfg, body)

@@ -13,6 +13,7 @@ from torch import nn
 from anobench.methods import get_method
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.gradcon import GradCon, GradConModel, gradient_cosine
+from fitting import quiet_trainer
 
 SMALL = (8, 8, 16, 16)  # narrow widths for fast mechanism tests; same layer types as the paper's
 
@@ -119,8 +120,7 @@ def test_fit_moves_references_as_running_mean_of_step_gradients(tmp_path):
                                    synthetic=dict(n_train=8, n_test_good=2, n_test_per_defect=1))
     module = GradCon(channels=SMALL)
     recorder = _RecordGradients()
-    trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder])
+    trainer = quiet_trainer(4, callbacks=[recorder], deterministic=None)
     trainer.fit(module, datamodule=datamodule)
     assert module.model.reference_count.item() == 4 == len(recorder.grads)
     for t in range(1, 4):  # the reference entering step t+1 = mean of steps 1..t, moved each step
@@ -227,8 +227,7 @@ def _fit_and_test(tmp_path, category: str, seed: int, max_steps: int, image_size
                                    train_repeats=100, seed=seed,
                                    synthetic=dict(n_train=12, n_test_good=8, n_test_per_defect=4))
     module = GradCon()  # paper widths, β = 0.03, score weight 0.12, Adam 1e-3
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+    trainer = quiet_trainer(max_steps)
     train_images = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()])
     before = _reconstruction_mse(module, train_images)
     trainer.fit(module, datamodule=datamodule)

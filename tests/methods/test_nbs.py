@@ -12,6 +12,7 @@ from anobench.methods import get_method
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.nbs import LossProfileBuffer, NBSModel, NeuralBatchSampling, select_from_test_split
 from anobench.methods.nbs.labelled import build_labelled_set, render_on_train_images
+from fitting import quiet_trainer
 
 _SYNTHETIC = dict(n_train=12, n_test_good=8, n_test_per_defect=4)  # 12 train, 8 good + 16 defective test
 
@@ -27,11 +28,6 @@ def _datamodule(root, category: str = "washer", seed: int = 0, **synthetic) -> A
         dataset="synthetic", category=category, root=str(root), image_size=128, train_batch_size=8,
         eval_batch_size=16, train_repeats=100, seed=seed, synthetic={**_SYNTHETIC, **synthetic},
     )
-
-
-def _trainer(max_steps: int) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, deterministic=True)
 
 
 # --- loss-profile buffer ----------------------------------------------------------------------------
@@ -116,7 +112,7 @@ def test_policy_parameters_move_by_reinforce(data_root, tmp_path):
     datamodule = _datamodule(data_root)
     module = NeuralBatchSampling(entropy_weight=0.0, profile_every=1)
     before = [p.detach().clone() for p in module.model.policy.parameters()]
-    _trainer(6).fit(module, datamodule=datamodule)
+    quiet_trainer(6).fit(module, datamodule=datamodule)
     after = list(module.model.policy.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
 
@@ -167,7 +163,7 @@ def test_generator_defects_on_real_images_change_only_the_masked_pixels():
 def test_labelled_images_never_appear_in_the_evaluated_set(data_root, tmp_path):
     datamodule = _datamodule(data_root)
     module = NeuralBatchSampling(labelled_k=1, labelled_normal=2)
-    trainer = _trainer(4)
+    trainer = quiet_trainer(4)
     trainer.fit(module, datamodule=datamodule)
     seen: list[int] = []
     import anobench.metrics as metrics
@@ -198,7 +194,7 @@ def test_tiny_test_split_falls_back_to_synthetic_and_says_so(tmp_path):
     datamodule = _datamodule(tmp_path, n_test_per_defect=1, n_test_good=2, n_train=4)
     module = NeuralBatchSampling()
     with pytest.warns(UserWarning, match="synthetic generator"):
-        _trainer(2).fit(module, datamodule=datamodule)
+        quiet_trainer(2).fit(module, datamodule=datamodule)
     assert module.labelled_info["source"] == "synthetic" and "fallback" in module.labelled_info
     assert module.excluded_test_indices.numel() == 0
 
@@ -207,7 +203,7 @@ def test_tiny_test_split_falls_back_to_synthetic_and_says_so(tmp_path):
 def test_checkpoint_holds_profiles_and_exclusions(data_root, tmp_path):
     datamodule = _datamodule(data_root)
     module = NeuralBatchSampling()
-    trainer = _trainer(4)
+    trainer = quiet_trainer(4)
     trainer.fit(module, datamodule=datamodule)
     ckpt = tmp_path / "nbs.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -241,7 +237,7 @@ def test_nbs_learns_on_synthetic(data_root, tmp_path):
     L.seed_everything(0)
     datamodule = _datamodule(data_root, seed=0)
     module = NeuralBatchSampling()
-    trainer = _trainer(200)
+    trainer = quiet_trainer(200)
     trainer.fit(module, datamodule=datamodule)
     assert torch.isfinite(trainer.callback_metrics["train/reward"])  # the sampler got rewards
     trainer.test(module, datamodule=datamodule, verbose=False)

@@ -19,6 +19,7 @@ from anobench.methods.components.gan import (
     generator_loss,
 )
 from anobench.methods.ognet import OGNet, OGNetModel, resolve_schedule
+from fitting import quiet_trainer
 
 _SMALL = dict(generator_channels=(8, 16, 16, 32), discriminator_channels=(8, 16, 16, 32))
 _SYNTHETIC = dict(n_train=12, n_test_good=8, n_test_per_defect=4)
@@ -38,12 +39,6 @@ def _datamodule(tmp_path, category: str = "washer", seed: int = 0, batch: int = 
     return AnomalyDataModule(dataset="synthetic", category=category, root=str(tmp_path), image_size=size,
                              train_batch_size=batch, eval_batch_size=16, train_repeats=50, seed=seed,
                              synthetic=_SYNTHETIC)
-
-
-def _trainer(max_steps: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                     callbacks=list(callbacks))
 
 
 # --- GAN plumbing (components/gan.py) -------------------------------------------------------------
@@ -81,7 +76,7 @@ def test_schedule_splits_the_budget_and_refuses_too_small_ones():
 
 def test_fit_refuses_a_one_step_budget(tmp_path):
     with pytest.raises(ConfigError, match="at least 2"):
-        _trainer(1).fit(OGNet(**_SMALL), datamodule=_datamodule(tmp_path))
+        quiet_trainer(1).fit(OGNet(**_SMALL), datamodule=_datamodule(tmp_path))
 
 
 # --- phase two -----------------------------------------------------------------------------------
@@ -141,7 +136,7 @@ def test_phase_two_freezes_g_trains_d_and_g_old_is_an_earlier_snapshot(tmp_path)
     schedule = resolve_schedule(12, 0.3, 0.3)  # phase one 0..7, G_old at step 2, phase two 8..11
     assert (schedule.phase_one_steps, schedule.g_old_step, schedule.phase_two_steps) == (8, 2, 4)
     recorder = _Recorder({"g_old": 2, "phase_two": 8})
-    _trainer(12, [recorder]).fit(module, datamodule=_datamodule(tmp_path))
+    quiet_trainer(12, [recorder]).fit(module, datamodule=_datamodule(tmp_path))
     assert module.schedule == schedule and int(module.model.g_old_step) == 2
 
     g_at_snapshot, _ = recorder.states["g_old"]
@@ -184,7 +179,7 @@ def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: i
     train = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()]) * 2 - 1
     with torch.no_grad():
         initial_mse = F.mse_loss(module.model.generator.eval()(train), train).item()
-    trainer = _trainer(max_steps)
+    trainer = quiet_trainer(max_steps)
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == max_steps and int(module.model.g_old_step) == module.schedule.g_old_step
     trainer.test(module, datamodule=datamodule, verbose=False)

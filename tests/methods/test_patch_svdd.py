@@ -19,6 +19,7 @@ from anobench.methods.patch_svdd.sampling import (
     sample_svdd_pairs,
 )
 from anobench.methods.patch_svdd.torch_model import distribute_scores
+from fitting import SMALL_SYNTHETIC, quiet_trainer
 
 
 def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
@@ -228,7 +229,6 @@ def test_loss_decreases_on_fixed_batch():
 
 
 # --- end to end on synthetic data (Lightning fit + test + evaluator) ----------------------------
-_SYNTHETIC = dict(n_train=12, n_test_good=8, n_test_per_defect=4)  # 12 train, 8 good + 16 defective test
 
 
 def _fit_and_test(tmp_path, category: str, max_steps: int) -> PatchSVDD:
@@ -245,18 +245,10 @@ def _fit_and_test(tmp_path, category: str, max_steps: int) -> PatchSVDD:
         train_batch_size=8,
         eval_batch_size=8,
         train_repeats=100,
-        synthetic=_SYNTHETIC,
+        synthetic=SMALL_SYNTHETIC,  # 12 train, 8 good + 16 defective test
     )
     module = PatchSVDD()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-    )
+    trainer = quiet_trainer(max_steps)
     initial = [p.detach().clone() for p in module.model.parameters()]
     trainer.fit(module, datamodule=datamodule)
     # the fit really trained, logged finite losses and fitted the official normalisation mean

@@ -10,6 +10,7 @@ from anobench.methods import get_method
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.synthcp import LayoutGenerator, SynthCP, kmeans
 from anobench.methods.synthcp.torch_model import cosine_distance_map
+from fitting import quiet_trainer
 
 _SMALL = dict(pretrained=False, generator_channels=(32, 16, 16, 8), spade_hidden=16, discriminator_channels=(8, 16))
 _SYNTHETIC = dict(n_train=12, n_test_good=8, n_test_per_defect=4)
@@ -21,11 +22,6 @@ def _datamodule(tmp_path, category: str = "washer", seed: int = 0, batch: int = 
     return AnomalyDataModule(dataset="synthetic", category=category, root=str(tmp_path), image_size=size,
                              train_batch_size=batch, eval_batch_size=16, train_repeats=50, seed=seed,
                              synthetic=_SYNTHETIC)
-
-
-def _trainer(max_steps: int) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, deterministic=True)
 
 
 def _images(loader) -> torch.Tensor:
@@ -63,7 +59,7 @@ def test_layout_is_fitted_on_training_images_only(tmp_path):
     L.seed_everything(0)
     module = SynthCP(**_SMALL)
     datamodule = _datamodule(tmp_path)
-    trainer = _trainer(4)
+    trainer = quiet_trainer(4)
     trainer.fit(module, datamodule=datamodule)
     assert bool(module.model.layout_fitted)
     fitted = module.model.centroids.clone()
@@ -110,7 +106,7 @@ def test_generator_trains_and_feature_network_stays_frozen(tmp_path):
     features = {k: v.clone() for k, v in module.model.features.state_dict().items()}
     generator = [p.detach().clone() for p in module.model.generator.parameters()]
     discriminator = [p.detach().clone() for p in module.discriminator.parameters()]
-    _trainer(4).fit(module, datamodule=_datamodule(tmp_path))
+    quiet_trainer(4).fit(module, datamodule=_datamodule(tmp_path))
     assert all(torch.equal(v, module.model.features.state_dict()[k]) for k, v in features.items())
     assert any(not torch.equal(a, b) for a, b in zip(generator, module.model.generator.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(discriminator, module.discriminator.parameters()))
@@ -121,7 +117,7 @@ def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: i
     L.seed_everything(seed)
     module = SynthCP(pretrained=False)
     datamodule = _datamodule(tmp_path, category, seed)
-    trainer = _trainer(max_steps)
+    trainer = quiet_trainer(max_steps)
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == max_steps
     trainer.test(module, datamodule=datamodule, verbose=False)

@@ -22,6 +22,7 @@ from anobench.methods.uninformed_students import (
 )
 from anobench.methods.uninformed_students.module import held_out_indices, image_fingerprint
 from anobench.methods.uninformed_students.teacher import compactness_loss, teacher_key, triplet_loss
+from fitting import quiet_trainer
 
 SMALL = dict(descriptor_dim=16, width=0.125)
 
@@ -258,13 +259,6 @@ def _tiny_datamodule(tmp_path, category="washer", image_size=32):
                              synthetic=dict(n_train=5, n_test_good=2, n_test_per_defect=1))
 
 
-def _trainer(max_steps):
-    import lightning as L
-
-    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, deterministic=True)
-
-
 def test_missing_pretrained_weights_offline_stop_the_fit_naming_the_file(tmp_path, monkeypatch):
     from anobench.backbones import expected_weights_file
 
@@ -274,7 +268,7 @@ def test_missing_pretrained_weights_offline_stop_the_fit_naming_the_file(tmp_pat
                                 backbone={"name": "resnet18", "arch": "resnet18", "pretrained": True, "weights_path": None},
                                 teacher={"cache_dir": str(tmp_path / "teachers"), "steps": 1, "batch_size": 2})
     with pytest.raises(WeightsNotFoundError) as info:
-        _trainer(1).fit(module, datamodule=_tiny_datamodule(tmp_path))
+        quiet_trainer(1).fit(module, datamodule=_tiny_datamodule(tmp_path))
     message = str(info.value)
     assert str(expected_weights_file("resnet18")) in message and "weights_path" in message
     assert "pretrained=false" in message
@@ -288,11 +282,11 @@ def test_fit_with_untrained_resnet_teacher_distils_once_then_reuses(tmp_path, ca
                     backbone={"name": "resnet18", "arch": "resnet18", "pretrained": False, "weights_path": None},
                     teacher={"cache_dir": str(tmp_path / "teachers"), "steps": 2, "batch_size": 4})
     first = UninformedStudents(**settings)
-    _trainer(2).fit(first, datamodule=_tiny_datamodule(tmp_path))
+    quiet_trainer(2).fit(first, datamodule=_tiny_datamodule(tmp_path))
     assert first.teacher_report[17]["source"] == "distilled"
     assert bool(first.model.fitted[0]) and first.model.teacher_std.min() > 0
     second = UninformedStudents(**settings)
-    _trainer(1).fit(second, datamodule=_tiny_datamodule(tmp_path))
+    quiet_trainer(1).fit(second, datamodule=_tiny_datamodule(tmp_path))
     assert second.teacher_report[17]["source"] == "cache"
     for k, v in first.model.teachers.state_dict().items():
         assert torch.equal(second.model.teachers.state_dict()[k], v)
@@ -365,7 +359,7 @@ def _fit_and_test(tmp_path, category: str, seed: int, max_steps: int, **settings
                                    image_size=64, train_batch_size=4, eval_batch_size=8, train_repeats=10,
                                    synthetic=_LEARNING, seed=seed)
     module = UninformedStudents(**settings, optimizer=lambda params: torch.optim.Adam(params, lr=1e-3, weight_decay=1e-5))
-    trainer = _trainer(max_steps)
+    trainer = quiet_trainer(max_steps)
     initial = [p.detach().clone() for p in module.model.students.parameters()]
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == max_steps
