@@ -2,7 +2,7 @@
 
     anobench train [method=patch_svdd] [data=synthetic/washer] [trainer=cpu] [key=value ...] [-m ...]
     anobench eval checkpoint=<run dir>/checkpoints/last.ckpt [evaluation.resolution=model]
-    anobench bench suite=<name> [results_dir=DIR] [n_jobs=N] [dry_run=true] [suite keys] [train overrides]
+    anobench bench suite=<name> [results_dir=DIR] [n_jobs=N | hydra/launcher=submitit_slurm ...] [dry_run=true] [...]
     anobench leaderboard [--results-dir results]
     anobench report [--results-dir results] [--output FILE]
     anobench reproduce --check <results dir> [--allow-reduced]
@@ -46,6 +46,7 @@ def usage() -> str:
         "  eval         re-test a checkpoint: anobench eval checkpoint=<run dir>/checkpoints/last.ckpt",
         "  bench        run a suite (methods × categories × seeds), resumable, one leaderboard per suite",
         "               e.g. anobench bench suite=synthetic_quick [n_jobs=2]; suite=method method=<name>",
+        "               on SLURM: ... hydra/launcher=submitit_slurm hydra.launcher.partition=<p>",
         "               suites: " + ", ".join(group_options("suite", root)),
         "  leaderboard  rebuild results/leaderboard.{md,csv} from the result files (--results-dir DIR)",
         "  report       write results/report.html: leaderboard, each run's heatmaps/curves and provenance",

@@ -2,7 +2,7 @@
 
 `anobench bench` uses it to decide whether a suite job is already done (same hash, status ok) and to
 name the job's run folder, so a re-run finds it. Paths are left out so that moving the results or
-data folder (or running from another directory) does not invalidate finished work.
+data folder (or running from another directory) does not invalidate finished work; nor does asking a scheduler for more time or memory.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-# Dotted keys that say where things live, not what is computed.
-VOLATILE_KEYS = ("paths", "data.root", "hydra")
+# Dotted keys that say where things live or what a scheduler grants, not what is computed.
+VOLATILE_KEYS = ("paths", "data.root", "hydra", "method.resources")
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

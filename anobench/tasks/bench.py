@@ -16,22 +16,20 @@ lookup: a job whose folder holds a result.json with status ok and the same hash 
 without one (a killed run) or with a failed result is moved aside to `stale/` and the job is redone;
 ok results of the same grid cell under another hash (the config changed) are moved aside too, so the
 suite's leaderboard only shows the current config. Results are written atomically and the leaderboard
-under a folder lock, so parallel jobs (n_jobs > 1, a spawn process pool) cannot lose or corrupt rows.
+under a folder lock, so parallel jobs cannot lose or corrupt rows. The pending jobs run through a Hydra
+launcher (`anobench.tasks.launch`): in this process by default, `n_jobs=N` or `hydra/launcher=joblib` for
+local processes, `hydra/launcher=submitit_slurm` for a SLURM cluster.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import datetime as _dt
-import fcntl
 import os
 import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -77,6 +75,7 @@ class PlannedJob:
     dataset: str
     category: str
     done: bool = False
+    resources: dict[str, Any] = field(default_factory=dict)  # method.resources: what a scheduler should grant
 
 
 @dataclass
@@ -161,7 +160,9 @@ def plan_job(job: Job, suite_dir: Path) -> PlannedJob:
     digest = config_hash(OmegaConf.to_container(cfg, resolve=True))
     dataset, category = str(cfg.data.dataset), str(cfg.data.category)
     run_dir = suite_dir / "runs" / job.method / dataset / category / f"seed{job.seed}" / digest
-    return PlannedJob(job=job, run_dir=run_dir, config_hash=digest, dataset=dataset, category=category)
+    resources = OmegaConf.to_container(cfg.method.resources, resolve=True) if "resources" in cfg.method else {}
+    return PlannedJob(job=job, run_dir=run_dir, config_hash=digest, dataset=dataset, category=category,
+                      resources=dict(resources or {}))
 
 
 def is_complete(run_dir: Path, digest: str) -> bool:
@@ -205,87 +206,37 @@ def plan(jobs: Sequence[Job], suite_dir: Path, clean: bool = True) -> list[Plann
 # ------------------------------------------------------------------------------------------- running
 
 
-@contextlib.contextmanager
-def _flock(path: Path, exclusive: bool, what: str) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AnobenchError(what) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def run_job(job: Job, suite_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
-    """Run one job through the train task in `run_dir`; never raises (a failure is a failed result)."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict, read_write
-
-    from anobench.results.record import RESULT_FILE, failure_info, now_iso, read_result, write_result
-    from anobench.tasks.train import train
-
-    suite_dir, run_dir = Path(suite_dir), Path(run_dir)
-    # Held while the job runs: a re-run of the suite refuses to start (rather than move this folder
-    # aside under it) if workers of a killed parent are still finishing their job.
-    with _flock(suite_dir / ".workers.lock", exclusive=False, what="suite workers lock busy"):
-        try:
-            cfg = compose_job(job, suite_dir, with_hydra=True)
-            with read_write(cfg.hydra), open_dict(cfg.hydra):
-                cfg.hydra.runtime.output_dir = str(run_dir)
-            HydraConfig.instance().set_config(cfg)
-            task_cfg = copy.deepcopy(cfg)  # what Hydra's run_job hands a task: the config without `hydra`
-            with read_write(task_cfg), open_dict(task_cfg):
-                del task_cfg["hydra"]
-            return train(task_cfg)
-        except Exception as error:  # noqa: BLE001 - recorded, and the suite goes on
-            path = run_dir / RESULT_FILE
-            if path.is_file():  # the train task recorded the failure itself
-                return read_result(path)
-            dataset, _, category = job.data.partition("/")
-            record = {"task": "train", "method": job.method, "dataset": dataset, "category": category,
-                      "seed": job.seed, "status": "failed", "error": failure_info(error),
-                      "finished_at": now_iso(), "suite_job": job.train_overrides(suite_dir)}
-            write_result(run_dir, record)
-            return record
-
-
 def run_suite(suite: DictConfig, results_dir: str | Path, extra_overrides: Sequence[str] = (), n_jobs: int = 1,
-              dry_run: bool = False) -> SuiteOutcome:
-    """Expand, resume, run what is left (n_jobs at a time), rebuild the suite's leaderboard."""
+              dry_run: bool = False, launcher: Sequence[str] = ()) -> SuiteOutcome:
+    """Expand, resume, run what is left through the Hydra launcher, rebuild the suite's leaderboard.
+
+    `launcher`: Hydra overrides choosing and configuring the launcher (hydra/launcher=..., hydra.launcher.*);
+    `n_jobs` > 1 is shorthand for joblib with that many workers.
+    """
     from anobench.results.leaderboard import write_leaderboard
+    from anobench.tasks.launch import WORKERS_LOCK, file_lock, launch, launcher_overrides
 
     suite_dir = Path(results_dir) / SUITES_FOLDER / str(suite.name)
     jobs = expand(suite, extra_overrides)
+    launch_overrides = launcher_overrides(launcher, n_jobs)
     outcome = SuiteOutcome(suite_dir=suite_dir)
     if dry_run:
         for item in plan(jobs, suite_dir, clean=False):
             print(f"{'done' if item.done else 'todo'}  {item.job.label}  -> {item.run_dir}")
         return outcome
     busy = f"suite {suite.name} is already running in another process ({suite_dir})"
-    with _flock(suite_dir / ".suite.lock", exclusive=True, what=busy):
-        with _flock(suite_dir / ".workers.lock", exclusive=True,
-                    what=f"{busy}: workers of an earlier, killed `anobench bench` are still finishing their job"):
+    with file_lock(suite_dir / ".suite.lock", exclusive=True, busy_message=busy):
+        with file_lock(suite_dir / WORKERS_LOCK, exclusive=True,
+                       busy_message=f"{busy}: workers of an earlier, killed `anobench bench` are still finishing "
+                                    "their job"):
             planned = plan(jobs, suite_dir)
         todo = [p for p in planned if not p.done]
         outcome.skipped = [p for p in planned if p.done]
         print(f"suite {suite.name}: {len(planned)} job(s), {len(outcome.skipped)} already complete, "
               f"{len(todo)} to run ({suite_dir})", flush=True)
-        if n_jobs <= 1 or len(todo) <= 1:
-            for number, item in enumerate(todo, 1):
-                print(f"[{number}/{len(todo)}] {item.job.label}", flush=True)
-                outcome.ran.append((item, run_job(item.job, suite_dir, item.run_dir)))
-        else:
-            import multiprocessing
-
-            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(run_job, p.job, str(suite_dir), str(p.run_dir)): p for p in todo}
-                for number, future in enumerate(as_completed(futures), 1):
-                    item = futures[future]
-                    outcome.ran.append((item, future.result()))
-                    print(f"[{number}/{len(todo)}] {item.job.label}: {outcome.ran[-1][1].get('status')}", flush=True)
+        for number, (item, record) in enumerate(zip(todo, launch(todo, suite_dir, launch_overrides)), 1):
+            outcome.ran.append((item, record))
+            print(f"[{number}/{len(todo)}] {item.job.label}: {record.get('status')}", flush=True)
         if (suite_dir / "runs").is_dir():
             write_leaderboard(suite_dir)
     return outcome
@@ -295,12 +246,16 @@ def run_suite(suite: DictConfig, results_dir: str | Path, extra_overrides: Seque
 
 
 def bench_command(args: Sequence[str]) -> int:
-    """anobench bench suite=<name> [results_dir=DIR] [n_jobs=N] [dry_run=true] [suite keys] [train overrides]"""
+    """anobench bench suite=<name> [results_dir=DIR] [n_jobs=N | hydra/launcher=X hydra.launcher.k=v]
+    [dry_run=true] [suite keys] [train overrides]"""
     from anobench.results.leaderboard import print_leaderboard, write_leaderboard
 
     control: dict[str, str] = {}
     rest = []
-    for arg in args:
+    from anobench.tasks.launch import is_launcher_override
+
+    launcher = [a for a in args if is_launcher_override(a)]
+    for arg in (a for a in args if not is_launcher_override(a)):
         key, sep, value = arg.partition("=")
         if not sep:
             raise AnobenchError(f"anobench bench: expected key=value, got {arg!r} (e.g. suite=synthetic_quick)")
@@ -325,7 +280,7 @@ def bench_command(args: Sequence[str]) -> int:
     n_jobs = int(control.get("n_jobs", 1))
     dry_run = control.get("dry_run", "false").lower() in ("1", "true", "yes")
     os.environ.setdefault("ANOBENCH_COMMAND", " ".join(["anobench", "bench", *args]))
-    outcome = run_suite(suite, results_dir, overrides, n_jobs=n_jobs, dry_run=dry_run)
+    outcome = run_suite(suite, results_dir, overrides, n_jobs=n_jobs, dry_run=dry_run, launcher=launcher)
     if dry_run:
         return 0
     if (outcome.suite_dir / "runs").is_dir():

@@ -1,0 +1,207 @@
+"""Run a suite's pending jobs through a Hydra launcher plugin, so suites scale on engines people already run.
+
+`anobench bench` plans the grid itself (what is done, what must be redone, each job's run folder) and then
+hands the pending jobs to Hydra's launcher, exactly as `-m` would:
+
+    (no launcher given)                  hydra's basic launcher: one job after another, in this process
+    n_jobs=N                             shorthand for hydra/launcher=joblib hydra.launcher.n_jobs=N
+    hydra/launcher=joblib                local processes (hydra-joblib-launcher)
+    hydra/launcher=submitit_local        submitit's local executor (one subprocess per job)
+    hydra/launcher=submitit_slurm        a SLURM job array per resource class (hydra-submitit-launcher,
+                                         `pip install 'anobench[slurm]'`), hydra.launcher.partition=...
+
+Each job is one sweep instance: its overrides are the job's train overrides plus `hydra.sweep.dir` /
+`hydra.sweep.subdir` naming the run folder the planner chose, and its task is `suite_job_task`, the
+ordinary train task wrapped so that a failure becomes a failed result.json instead of an exception.
+
+Submitit launchers get each method's `method.resources` (timeout, GPUs, CPUs, memory; see
+conf/method/*.yaml) unless the command line sets that `hydra.launcher.<key>` itself: jobs are grouped by
+resources and each group is submitted as its own array, all groups at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from anobench.config import config_dir
+from anobench.errors import AnobenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anobench.tasks.bench import PlannedJob
+
+# Submitit parameters a method's `resources` block may set (names as in hydra-submitit-launcher).
+RESOURCE_KEYS = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb")
+WORKERS_LOCK = ".workers.lock"
+
+
+def is_launcher_override(arg: str) -> bool:
+    """`hydra/launcher=...`, `hydra.launcher.<key>=...` and other `hydra.` keys steer the launch, not a job."""
+    key = arg.partition("=")[0].lstrip("+~")
+    return key == "hydra/launcher" or key.startswith("hydra.") or key.startswith("hydra/")
+
+
+def launcher_overrides(args: Sequence[str], n_jobs: int) -> list[str]:
+    """The Hydra overrides for the launch: the user's, or joblib with n_jobs workers for `n_jobs=N`."""
+    overrides = list(args)
+    chose_launcher = any(a.partition("=")[0].lstrip("+") == "hydra/launcher" for a in overrides)
+    if n_jobs > 1:
+        if chose_launcher:
+            raise AnobenchError("anobench bench: give either n_jobs=N (local joblib processes) or hydra/launcher=..., "
+                                "not both; set the launcher's own parallelism with hydra.launcher.<key>=...")
+        overrides = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}", *overrides]
+    return overrides
+
+
+def quote(value: Any) -> str:
+    """A value as a Hydra override literal (paths may hold characters the override grammar reserves)."""
+    text = str(value)
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, exclusive: bool, busy_message: str) -> Iterator[None]:
+    """A non-blocking flock on `path`: AnobenchError(busy_message) if another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AnobenchError(busy_message) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def failed_record(cfg: DictConfig | None, error: BaseException, fallback: dict[str, Any]) -> dict[str, Any]:
+    from anobench.results.record import failure_info, now_iso
+
+    record = dict(fallback)
+    if cfg is not None:
+        record.update(method=str(cfg.method.name), dataset=str(cfg.data.dataset), category=str(cfg.data.category),
+                      seed=int(cfg.seed))
+    record.update(task="train", status="failed", error=failure_info(error), finished_at=now_iso())
+    return record
+
+
+def suite_job_task(cfg: DictConfig) -> dict[str, Any]:
+    """What every launched suite job runs: the train task; never raises (a failure is a failed result)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from anobench.results.record import RESULT_FILE, read_result, write_result
+    from anobench.tasks.train import train
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    suite_dir = Path(str(cfg.paths.results_dir))
+    # Held while the job runs: a re-run of the suite refuses to start (rather than move this folder aside
+    # under it) while workers of a killed `anobench bench` are still finishing their job.
+    with file_lock(suite_dir / WORKERS_LOCK, exclusive=False, busy_message="suite workers lock busy"):
+        try:
+            return train(cfg)
+        except Exception as error:  # noqa: BLE001 - recorded, and the suite goes on
+            path = run_dir / RESULT_FILE
+            if path.is_file():  # the train task recorded the failure itself
+                return read_result(path)
+            record = failed_record(cfg, error, {})
+            write_result(run_dir, record)
+            return record
+
+
+def job_overrides(item: PlannedJob, suite_dir: Path) -> list[str]:
+    """One sweep instance: the job's train overrides, run in exactly the folder the planner chose."""
+    return [*item.job.train_overrides(suite_dir), f"hydra.sweep.dir={quote(item.run_dir.parent)}",
+            f"hydra.sweep.subdir={quote(item.run_dir.name)}"]
+
+
+def _resource_overrides(item: PlannedJob, user_keys: set[str]) -> tuple[str, ...]:
+    """`hydra.launcher.<key>=<value>` for the job's method.resources, except keys the user set."""
+    return tuple(f"hydra.launcher.{key}={item.resources[key]}" for key in RESOURCE_KEYS
+                 if item.resources.get(key) is not None and key not in user_keys)
+
+
+def resource_groups(todo: Sequence[PlannedJob], overrides: Sequence[str] = ()) -> dict[tuple[str, ...], list[int]]:
+    """Jobs (indices into todo) by the scheduler request their methods' resources make; keys the command
+    line sets (hydra.launcher.timeout_min=...) win over every method's value."""
+    user_keys = {o.partition("=")[0].split(".")[-1] for o in overrides if o.lstrip("+").startswith("hydra.launcher.")}
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, item in enumerate(todo):
+        groups.setdefault(_resource_overrides(item, user_keys), []).append(index)
+    return groups
+
+
+def launch(todo: Sequence[PlannedJob], suite_dir: Path, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Run `todo` through the configured Hydra launcher; one result record per job, in order."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import JobRuntime
+    from hydra.errors import HydraException
+    from hydra.types import HydraContext
+
+    if not todo:
+        return []
+    base = [*overrides, f"hydra.sweep.dir={quote(suite_dir)}"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="anobench_bench"):
+        JobRuntime.instance().set("name", "anobench_bench")
+        try:
+            master = compose(config_name="train", overrides=base, return_hydra_config=True)
+        except HydraException as error:
+            raise AnobenchError(f"anobench bench: the launcher overrides {list(overrides)} do not compose: {error}") \
+                from None
+        target = str(OmegaConf.select(master, "hydra.launcher._target_") or "")
+        groups = resource_groups(todo, overrides) if "submitit" in target else {(): list(range(len(todo)))}
+        config_loader = GlobalHydra.instance().hydra.config_loader  # type: ignore[union-attr]
+        launchers = {}
+        for resources in groups:  # composed here, in this thread: Hydra's global state is not thread-safe
+            config = compose(config_name="train", overrides=[*base, *resources], return_hydra_config=True) \
+                if resources else master
+            launchers[resources] = Plugins.instance().instantiate_launcher(
+                hydra_context=HydraContext(config_loader=config_loader, callbacks=Callbacks(config)),
+                task_function=suite_job_task, config=config)
+
+        def run_group(resources: tuple[str, ...]) -> list[Any]:
+            indices = groups[resources]
+            return list(launchers[resources].launch([job_overrides(todo[i], suite_dir) for i in indices],
+                                                    initial_job_idx=indices[0]))
+
+        outcomes: dict[int, Any] = {}
+        # Every resource class at once (each launch blocks until its jobs are done); one group runs here.
+        with ThreadPoolExecutor(max_workers=len(groups)) if len(groups) > 1 else contextlib.nullcontext() as pool:
+            futures = {r: (pool.submit(run_group, r) if pool else None) for r in groups}
+            for resources, future in futures.items():
+                try:
+                    outcomes.update(zip(groups[resources], future.result() if future else run_group(resources)))
+                except Exception as error:  # noqa: BLE001 - e.g. a SLURM job killed at its time limit
+                    outcomes.update((i, error) for i in groups[resources])
+    return [_record_of(todo[i], suite_dir, outcomes.get(i)) for i in range(len(todo))]
+
+
+def _record_of(item: PlannedJob, suite_dir: Path, outcome: Any) -> dict[str, Any]:
+    """The job's result.json; if the job left none (killed, never started), a failed one saying why."""
+    from hydra.core.utils import JobStatus
+
+    from anobench.results.record import RESULT_FILE, read_result, write_result
+
+    path = item.run_dir / RESULT_FILE
+    if path.is_file():
+        with contextlib.suppress(ValueError):
+            return read_result(path)
+    if isinstance(outcome, BaseException):
+        error: BaseException = outcome
+    elif outcome is not None and getattr(outcome, "status", None) == JobStatus.FAILED:
+        error = outcome._return_value  # noqa: SLF001 - the exception the task raised
+    else:
+        error = RuntimeError("the launcher returned without the job writing result.json")
+    record = failed_record(None, error, {"method": item.job.method, "dataset": item.dataset,
+                                         "category": item.category, "seed": item.job.seed,
+                                         "suite_job": item.job.train_overrides(suite_dir)})
+    write_result(item.run_dir, record)
+    return record
