@@ -26,6 +26,9 @@ from typing import Callable, Sequence
 from anobench.config import GROUPS, config_dir, group_options
 from anobench.errors import AnobenchError
 
+# Set while a Hydra verb runs, so that processes it starts with Lightning's DDP launcher (same argv, no verb)
+# run the same verb.
+VERB_ENV = "ANOBENCH_HYDRA_VERB"
 HYDRA_VERBS = {"train": ("train", "anobench.tasks.train:train"), "eval": ("eval", "anobench.tasks.evaluate:evaluate")}
 ZERO_JOBS_HINT = (
     "the sweep expanded to zero jobs. Hydra's glob() does not see nested groups such as mvtec/*: "
@@ -95,7 +98,10 @@ def run_hydra_verb(verb: str, args: list[str]) -> int:
     os.environ["ANOBENCH_JOB_LOG"] = str(job_log)
     os.environ["ANOBENCH_COMMAND"] = shlex.join(["anobench", verb, *args])
     saved_argv = sys.argv
-    sys.argv = [f"anobench {verb}", *args]
+    # The script stays argv[0]: Lightning's DDP launcher starts the other ranks by re-running
+    # `python <argv[0]> <argv[1:]> hydra.run.dir=...`, and main() finds the verb in VERB_ENV.
+    sys.argv = [saved_argv[0] if saved_argv else "anobench", *args]
+    os.environ[VERB_ENV] = verb
     code = 0
     try:
         hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(entry)()
@@ -104,6 +110,7 @@ def run_hydra_verb(verb: str, args: list[str]) -> int:
     finally:
         sys.argv = saved_argv
         os.environ.pop("ANOBENCH_JOB_LOG", None)
+        os.environ.pop(VERB_ENV, None)
         jobs = [line.split("\t") for line in job_log.read_text().splitlines() if line.strip()]
         job_log.unlink(missing_ok=True)
     if code:
@@ -202,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0
     verb, rest = args[0], args[1:]
+    if "=" in verb and os.environ.get(VERB_ENV) in HYDRA_VERBS:  # a DDP rank started by Lightning
+        verb, rest = os.environ[VERB_ENV], args
     try:
         if verb in HYDRA_VERBS:
             return run_hydra_verb(verb, rest)

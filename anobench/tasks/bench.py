@@ -76,6 +76,7 @@ class PlannedJob:
     category: str
     done: bool = False
     resources: dict[str, Any] = field(default_factory=dict)  # method.resources: what a scheduler should grant
+    distributed: bool = False  # trainer=ddp
 
 
 @dataclass
@@ -162,7 +163,7 @@ def plan_job(job: Job, suite_dir: Path) -> PlannedJob:
     run_dir = suite_dir / "runs" / job.method / dataset / category / f"seed{job.seed}" / digest
     resources = OmegaConf.to_container(cfg.method.resources, resolve=True) if "resources" in cfg.method else {}
     return PlannedJob(job=job, run_dir=run_dir, config_hash=digest, dataset=dataset, category=category,
-                      resources=dict(resources or {}))
+                      resources=dict(resources or {}), distributed="ddp" in str(cfg.trainer.get("strategy") or ""))
 
 
 def is_complete(run_dir: Path, digest: str) -> bool:

@@ -99,6 +99,14 @@ def suite_job_task(cfg: DictConfig) -> dict[str, Any]:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     suite_dir = Path(str(cfg.paths.results_dir))
+    if is_lightning_ddp(cfg):  # Lightning re-runs argv for the other ranks: make it this job's train command
+        import os
+        import sys
+
+        from anobench.cli import VERB_ENV
+
+        sys.argv = [sys.argv[0], *HydraConfig.get().overrides.task]
+        os.environ[VERB_ENV] = "train"
     # Held while the job runs: a re-run of the suite refuses to start (rather than move this folder aside
     # under it) while workers of a killed `anobench bench` are still finishing their job.
     with file_lock(suite_dir / WORKERS_LOCK, exclusive=False, busy_message="suite workers lock busy"):
@@ -113,10 +121,19 @@ def suite_job_task(cfg: DictConfig) -> dict[str, Any]:
             return record
 
 
+def is_lightning_ddp(cfg: DictConfig) -> bool:
+    """A DDP trainer whose extra processes Lightning starts itself (not SLURM: there srun starts them)."""
+    import os
+
+    return "ddp" in str(cfg.trainer.get("strategy") or "") and "SLURM_NTASKS" not in os.environ
+
+
 def job_overrides(item: PlannedJob, suite_dir: Path) -> list[str]:
     """One sweep instance: the job's train overrides, run in exactly the folder the planner chose."""
+    # hydra.run.dir too: Lightning's DDP launcher starts the other ranks of a `trainer=ddp` job as
+    # `anobench train <job overrides> hydra.run.dir=<it>`.
     return [*item.job.train_overrides(suite_dir), f"hydra.sweep.dir={quote(item.run_dir.parent)}",
-            f"hydra.sweep.subdir={quote(item.run_dir.name)}"]
+            f"hydra.sweep.subdir={quote(item.run_dir.name)}", f"hydra.run.dir={quote(item.run_dir)}"]
 
 
 def _resource_overrides(item: PlannedJob, user_keys: set[str]) -> tuple[str, ...]:
@@ -158,6 +175,12 @@ def launch(todo: Sequence[PlannedJob], suite_dir: Path, overrides: Sequence[str]
                 from None
         target = str(OmegaConf.select(master, "hydra.launcher._target_") or "")
         groups = resource_groups(todo, overrides) if "submitit" in target else {(): list(range(len(todo)))}
+        distributed = [item.job.label for item in todo if item.distributed]
+        if distributed and not (target.endswith("BasicLauncher") or target.endswith("SlurmLauncher")):
+            raise AnobenchError(
+                f"anobench bench: {distributed[0]} uses trainer=ddp, whose extra processes Lightning starts by "
+                f"re-running the command; that works with the default launcher (one job at a time) or with "
+                f"hydra/launcher=submitit_slurm (hydra.launcher.tasks_per_node=<devices>), not with {target}")
         config_loader = GlobalHydra.instance().hydra.config_loader  # type: ignore[union-attr]
         launchers = {}
         for resources in groups:  # composed here, in this thread: Hydra's global state is not thread-safe

@@ -7,10 +7,11 @@ run after a raising job, so every job rebuilds the leaderboard from the result f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +24,14 @@ from anobench.results.record import (
 from anobench.visualize.task import record_figures
 
 SWEEP_LOG_ENV = "ANOBENCH_JOB_LOG"  # set by the CLI: every job appends its result path there
+# Where a launcher says which process of a multi-process (DDP) run this is: Lightning's own launcher
+# (LOCAL_RANK, NODE_RANK), torchrun (RANK) and SLURM (SLURM_PROCID).
+RANK_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def is_primary_process() -> bool:
+    """False in the extra processes of a DDP run: they train with rank 0, and only rank 0 tests and records."""
+    return all(int(os.environ.get(name) or 0) == 0 for name in RANK_ENV)
 
 
 def run_dir_from_hydra() -> Path:
@@ -93,7 +102,8 @@ def budget_of(cfg: DictConfig, trainer: L.Trainer | None) -> dict[str, Any]:
         "global_step": None if trainer is None else trainer.global_step,
         "epochs_done": None if trainer is None else trainer.current_epoch,
         "train_repeats": cfg.method.input.get("train_repeats"),
-        "batch_size": cfg.method.input.get("batch_size"),
+        "batch_size": cfg.method.input.get("batch_size"),  # per process
+        "world_size": None if trainer is None else trainer.world_size,  # processes that trained (DDP)
     }
 
 
@@ -159,8 +169,57 @@ def run_test_and_record(trainer: L.Trainer, module: Any, datamodule: Any, record
     record_figures(record, cfg, run_dir, module, datamodule, timings)
 
 
+def single_process_trainer(trainer: L.Trainer, cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    """The trainer to test with: `trainer` itself, or after a DDP fit a one-device trainer on rank 0.
+
+    Testing is never distributed: the evaluator needs every test image's map in one process, and test-time
+    state (MNAD's memory updates, normalisation statistics) must see the images in order, as without DDP.
+    """
+    if trainer.world_size == 1:
+        return trainer
+    return build_trainer(cfg.trainer, run_dir, strategy="auto", devices=1, num_nodes=1, sync_batchnorm=False,
+                         logger=False)
+
+
+def fit_as_worker(cfg: DictConfig) -> dict[str, Any]:
+    """A non-zero rank of a DDP run: take part in the fit (and the collective checkpoint save), write nothing."""
+    datamodule, module = build_run(cfg)
+    trainer = build_trainer(cfg.trainer, run_dir_from_hydra())
+    trainer.fit(module, datamodule=datamodule)
+    if cfg.get("save_checkpoint", True):
+        trainer.save_checkpoint(run_dir_from_hydra() / "checkpoints" / "last.ckpt")  # rank 0 writes it
+    return {"status": "worker", "rank": trainer.global_rank}
+
+
+@contextlib.contextmanager
+def own_process_group() -> Iterator[None]:
+    """Leave no DDP state behind for the next job of this process (a sweep or suite runs many).
+
+    Lightning keeps the process group and the LOCAL_RANK/WORLD_SIZE/MASTER_* variables it set; the next
+    DDP job would then take itself for an externally started rank and wait for peers that never come.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit `cfg.method` on `cfg.data`, test it, and record the result. Returns the result record."""
+    if not is_primary_process():
+        return fit_as_worker(cfg)
+    with own_process_group():
+        return train_and_record(cfg)
+
+
+def train_and_record(cfg: DictConfig) -> dict[str, Any]:
     run_dir = run_dir_from_hydra()
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -178,6 +237,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("save_checkpoint", True):
             trainer.save_checkpoint(checkpoint)
             record["checkpoint"] = str(checkpoint)
-        run_test_and_record(trainer, module, datamodule, record, cfg, run_dir, timings)
+        run_test_and_record(single_process_trainer(trainer, cfg, run_dir), module, datamodule, record, cfg, run_dir,
+                            timings)
 
     return run_recorded(record, run_dir, cfg, body)
