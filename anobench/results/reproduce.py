@@ -329,7 +329,8 @@ def reproduce_command(args: list[str]) -> int:
         description="Compare a results folder with the paper numbers (anobench/results/paper_numbers.yaml): "
                     "exit 0 if every category with a paper number is within tolerance, 1 listing every one that "
                     "is not (outside, missing, failed, not the paper's budget), 2 on bad input.")
-    parser.add_argument("--check", required=True, metavar="SUITE_OR_DIR",
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--check", metavar="SUITE_OR_DIR",
                         help="a suite name (its folder <results-dir>/suites/<name>, as `anobench bench` writes it), "
                              "a results folder (<dir>/runs/**/result.json) or any folder with result files below it")
     parser.add_argument("--results-dir", default=os.environ.get("ANOBENCH_RESULTS_DIR", "results"),
@@ -337,7 +338,16 @@ def reproduce_command(args: list[str]) -> int:
     parser.add_argument("--allow-reduced", action="store_true",
                         help="list runs not trained with the paper's budget as 'not paper budget' without failing; "
                              "they are never counted as reproductions")
+    action.add_argument("--write-expected", metavar="SUITE",
+                        help="store the suite's current numbers as its expected ranges "
+                             "(anobench/results/expected/<suite>.yaml, value ± --margin)")
+    parser.add_argument("--expected", action="store_true",
+                        help="with --check <suite>: compare with the suite's stored expected ranges instead of the "
+                             "papers (a regression check for the synthetic suite)")
+    parser.add_argument("--margin", type=float, default=None, help="with --write-expected: half-width of each range")
     ns = parser.parse_args(args)
+    if ns.write_expected or ns.expected:
+        return _expected_command(ns)
     report = check_reproduction(resolve_target(ns.check, ns.results_dir), allow_reduced=ns.allow_reduced)
     print_report(report)
     compared = report.count(OK) + report.count(OUTSIDE)
@@ -365,4 +375,58 @@ def reproduce_command(args: list[str]) -> int:
     if any(r.status == NOT_PAPER_BUDGET for r in report.failures):
         print("  (runs not trained with budget label 'paper' are not reproductions; pass --allow-reduced to "
               "list them without failing)", file=sys.stderr)
+    return 1
+
+
+def _suite_of(target: str, results_dir: str | Path) -> tuple[str, Path]:
+    """(suite name, suite folder) for a suite name or a suite folder (<results>/suites/<name>)."""
+    folder = resolve_target(target, results_dir)
+    if not folder.is_dir():
+        raise ReproductionInputError(f"{target}: neither a suite with results nor a folder")
+    return (target if not Path(target).is_dir() else folder.resolve().name), folder
+
+
+def _expected_command(ns: Any) -> int:
+    import sys
+
+    from anobench.results.expected import DEFAULT_MARGIN, check_expected, write_expected
+
+    if ns.write_expected:
+        suite, folder = _suite_of(ns.write_expected, ns.results_dir)
+        path = write_expected(suite, folder, margin=DEFAULT_MARGIN if ns.margin is None else ns.margin)
+        print(f"wrote {path} from {folder}; review the diff and commit it")
+        return 0
+    suite, folder = _suite_of(ns.check, ns.results_dir)
+    rows = check_expected(suite, folder)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"anobench reproduce: suite {suite} vs its expected ranges")
+    for name in ("method", "category", "metric", "ours", "expected range", "status", "note"):
+        table.add_column(name)
+    for row in rows:
+        style = "green" if row.status == "ok" else "bold red"
+        table.add_row(row.method, f"{row.dataset}/{row.category}", METRIC_TITLES.get(row.metric, row.metric),
+                      _fmt(row.ours), "—" if row.low is None else f"[{row.low:.3f}, {row.high:.3f}]",
+                      f"[{style}]{row.status}[/]", row.note)
+    Console().print(table)
+    bad = [r for r in rows if r.status != "ok"]
+    print(f"{len(rows) - len(bad)} of {len(rows)} cell(s) within their expected range")
+    if not bad:
+        return 0
+    print(f"expected-range check FAILED: {len(bad)} cell(s):", file=sys.stderr)
+    for row in bad:
+        print(f"  {row.method} {row.dataset}/{row.category} {METRIC_TITLES.get(row.metric, row.metric)}: "
+              f"ours {_fmt(row.ours)}, expected "
+              f"{'—' if row.low is None else f'[{row.low:.3f}, {row.high:.3f}]'} — {row.status} ({row.note})",
+              file=sys.stderr)
+    from anobench.results.expected import load_expected_document, torch_threads
+
+    stored = (load_expected_document(suite).get("generated") or {}).get("torch_threads")
+    if stored and torch_threads(folder) != stored:
+        print(f"  note: these runs used {torch_threads(folder)} torch thread(s), the expected ranges {stored}; "
+              "the thread count changes float reduction order and, at this budget, the numbers "
+              "(run the suite with OMP_NUM_THREADS=1)", file=sys.stderr)
+    print("  (if the change is meant to move these numbers: anobench reproduce --write-expected "
+          f"{suite}, review and commit the diff)", file=sys.stderr)
     return 1

@@ -64,6 +64,10 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any]:
     """Seed, then build the datamodule and the method (with its evaluation settings) from a run config."""
     from hydra.utils import instantiate
 
+    if cfg.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.method.module, _convert_="all")

@@ -1,0 +1,103 @@
+"""Expected ranges: the synthetic suite, run as CI runs it, lands in the ranges stored in the repo; the check
+names every cell that moved, went missing, failed or is new."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anobench.results import expected
+from anobench.results.record import write_result
+from anobench.results.reproduce import reproduce_command
+from tests.conftest import REPO
+
+
+def _record(method: str, category: str, image: float, status: str = "ok") -> dict:
+    record = {"method": method, "dataset": "synthetic", "category": category, "seed": 0, "status": status,
+              "finished_at": "2026-01-01T00:00:00", "budget": {"label": "smoke"},
+              "device": {"torch_threads": 1}}
+    if status == "ok":
+        record["metrics"] = {"image_auroc": image, "pixel_auroc": 0.8, "pro": 0.4}
+    return record
+
+
+def _suite(tmp_path: Path, cells: dict[tuple[str, str], float], failed: tuple = ()) -> Path:
+    suite_dir = tmp_path / "results" / "suites" / "toy"
+    for (method, category), value in cells.items():
+        write_result(suite_dir / "runs" / method / category, _record(method, category, value))
+    for method, category in failed:
+        write_result(suite_dir / "runs" / method / f"{category}-failed",
+                     {**_record(method, category, 0, "failed"), "error": {"type": "X", "message": "boom"}})
+    return suite_dir
+
+
+def test_stored_ranges_are_value_plus_minus_margin_and_a_rerun_passes(tmp_path):
+    suite_dir = _suite(tmp_path, {("m1", "weave"): 0.70, ("m2", "weave"): 0.98})
+    path = expected.write_expected("toy", suite_dir, margin=0.05, path=tmp_path / "toy.yaml")
+    cells = yaml.safe_load(path.read_text())["cells"]
+    assert cells["m1"]["synthetic/weave"]["image_auroc"] == {"value": 0.7, "range": [0.65, 0.75]}
+    assert cells["m2"]["synthetic/weave"]["image_auroc"]["range"] == [0.93, 1.0]  # clipped to [0, 1]
+    rows = expected.check_expected("toy", suite_dir, path=path)
+    assert len(rows) == 6 and {r.status for r in rows} == {"ok"}
+
+
+def test_check_names_every_moved_missing_failed_and_new_cell(tmp_path):
+    before = _suite(tmp_path / "a", {("m1", "weave"): 0.70, ("m1", "tablet"): 0.60, ("m2", "weave"): 0.9})
+    path = expected.write_expected("toy", before, margin=0.05, path=tmp_path / "toy.yaml")
+    after = _suite(tmp_path / "b", {("m1", "weave"): 0.76, ("m3", "weave"): 0.5}, failed=[("m2", "weave")])
+    rows = {(r.method, r.category, r.metric): r for r in expected.check_expected("toy", after, path=path)}
+    assert rows[("m1", "weave", "image_auroc")].status == "outside"  # 0.76 > 0.75
+    assert rows[("m1", "weave", "pixel_auroc")].status == "ok"
+    assert rows[("m1", "tablet", "image_auroc")].status == "missing"
+    assert rows[("m2", "weave", "image_auroc")].status == "failed"
+    assert rows[("m3", "weave", "image_auroc")].status == "unexpected"
+
+
+def test_writing_ranges_refuses_failed_cells(tmp_path):
+    suite_dir = _suite(tmp_path, {("m1", "weave"): 0.7}, failed=[("m2", "weave")])
+    with pytest.raises(Exception, match="no value"):
+        expected.write_expected("toy", suite_dir, path=tmp_path / "toy.yaml")
+    assert not (tmp_path / "toy.yaml").exists()
+
+
+def test_a_suite_without_stored_ranges_is_one_clear_error(tmp_path, capsys):
+    suite_dir = _suite(tmp_path, {("m1", "weave"): 0.7})
+    with pytest.raises(expected.ExpectedRangesError, match="no expected ranges for suite toy"):
+        reproduce_command(["--check", str(suite_dir), "--expected"])
+
+
+def test_every_shipped_ranges_file_belongs_to_a_suite():
+    from anobench.tasks.bench import suite_options
+
+    files = sorted(expected.EXPECTED_DIR.glob("*.yaml"))
+    assert [p.stem for p in files] == ["synthetic_quick"]
+    for path in files:
+        assert path.stem in suite_options()
+        document = expected.load_expected_document(path.stem)
+        assert document["suite"] == path.stem and document["generated"]["torch_threads"] == [1]
+        methods = {label.split(" [")[0] for label in document["cells"]}  # nbs carries its semi-supervised label
+        from anobench.tasks.bench import expand, load_suite
+
+        assert methods == {job.method for job in expand(load_suite(path.stem))}
+
+
+@pytest.mark.slow
+def test_synthetic_suite_lands_in_its_stored_expected_ranges(tmp_path):
+    """What CI guards: every method's numbers on every synthetic category, through the real `anobench bench`
+    (two local processes), must stay in the ranges committed in anobench/results/expected/synthetic_quick.yaml."""
+    env = {**os.environ, "ANOBENCH_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
+    results = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "anobench", "bench", "suite=synthetic_quick", "n_jobs=2",
+                          f"results_dir={results}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    check = subprocess.run([sys.executable, "-m", "anobench", "reproduce", "--check", "synthetic_quick",
+                            "--expected", "--results-dir", str(results)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-4000:]
+    assert "96 of 96 cell(s) within their expected range" in check.stdout
