@@ -42,12 +42,23 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, name: str = ".lock") -> Iterator[None]:
-    """Exclusive advisory lock on `folder/name`; serialises concurrent sweep jobs rebuilding a table."""
+def folder_lock(folder: str | Path, name: str = ".lock", exclusive: bool = True,
+                busy_message: str | None = None) -> Iterator[None]:
+    """Advisory lock on `folder/name`; serialises concurrent sweep jobs rebuilding a table.
+
+    `exclusive=False` takes a shared lock (many holders, no exclusive one). With `busy_message` the lock
+    is not waited for: AnobenchError(busy_message) if another process holds a conflicting one.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / name, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(handle.fileno(), mode | (fcntl.LOCK_NB if busy_message is not None else 0))
+        except BlockingIOError:
+            from anobench.errors import AnobenchError
+
+            raise AnobenchError(busy_message) from None
         try:
             yield
         finally:

@@ -189,3 +189,20 @@ def test_concurrent_writers_lose_no_row_and_keep_files_parseable(tmp_path):
     for writer in range(n_writers):
         for row in range(n_rows):
             assert float(rows[f"c{row}"][f"m{writer}/image_auroc"]) == pytest.approx(0.5 + writer / 100 + row / 1000, abs=1e-3)
+
+
+def test_a_suite_already_running_or_with_live_workers_is_refused_with_one_clear_error(tmp_path, monkeypatch):
+    from anobench.io import folder_lock
+    from anobench.tasks.launch import WORKERS_LOCK
+
+    monkeypatch.setenv("ANOBENCH_DATA_DIR", str(tmp_path / "data"))
+    suite = bench.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0]", "categories=[synthetic/weave]", TINY_OVERRIDES])
+    suite_dir = tmp_path / "results" / "suites" / "method_patch_svdd"
+    # flock conflicts between open file descriptions, so a second open in this process stands in for another process
+    with folder_lock(suite_dir, ".suite.lock"):
+        with pytest.raises(AnobenchError, match="already running in another process"):
+            bench.run_suite(suite, tmp_path / "results")
+    with folder_lock(suite_dir, WORKERS_LOCK, exclusive=False):  # a worker of a killed run, still training
+        with pytest.raises(AnobenchError, match="workers of an earlier, killed .* still finishing"):
+            bench.run_suite(suite, tmp_path / "results")
+    assert not list(suite_dir.glob("runs/**/result.json"))

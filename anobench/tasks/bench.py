@@ -215,7 +215,8 @@ def run_suite(suite: DictConfig, results_dir: str | Path, extra_overrides: Seque
     `n_jobs` > 1 is shorthand for joblib with that many workers.
     """
     from anobench.results.leaderboard import write_leaderboard
-    from anobench.tasks.launch import WORKERS_LOCK, file_lock, launch, launcher_overrides
+    from anobench.io import folder_lock
+    from anobench.tasks.launch import WORKERS_LOCK, launch, launcher_overrides
 
     suite_dir = Path(results_dir) / SUITES_FOLDER / str(suite.name)
     jobs = expand(suite, extra_overrides)
@@ -226,10 +227,9 @@ def run_suite(suite: DictConfig, results_dir: str | Path, extra_overrides: Seque
             print(f"{'done' if item.done else 'todo'}  {item.job.label}  -> {item.run_dir}")
         return outcome
     busy = f"suite {suite.name} is already running in another process ({suite_dir})"
-    with file_lock(suite_dir / ".suite.lock", exclusive=True, busy_message=busy):
-        with file_lock(suite_dir / WORKERS_LOCK, exclusive=True,
-                       busy_message=f"{busy}: workers of an earlier, killed `anobench bench` are still finishing "
-                                    "their job"):
+    with folder_lock(suite_dir, ".suite.lock", busy_message=busy):
+        with folder_lock(suite_dir, WORKERS_LOCK, busy_message=f"{busy}: workers of an earlier, killed "
+                                                               "`anobench bench` are still finishing their job"):
             planned = plan(jobs, suite_dir)
         todo = [p for p in planned if not p.done]
         outcome.skipped = [p for p in planned if p.done]

@@ -22,15 +22,15 @@ resources and each group is submitted as its own array, all groups at once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from anobench.config import config_dir
 from anobench.errors import AnobenchError
+from anobench.io import folder_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     from anobench.tasks.bench import PlannedJob
@@ -64,21 +64,6 @@ def quote(value: Any) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-@contextlib.contextmanager
-def file_lock(path: Path, exclusive: bool, busy_message: str) -> Iterator[None]:
-    """A non-blocking flock on `path`: AnobenchError(busy_message) if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AnobenchError(busy_message) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def failed_record(cfg: DictConfig | None, error: BaseException, fallback: dict[str, Any]) -> dict[str, Any]:
     from anobench.results.record import failure_info, now_iso
 
@@ -109,7 +94,7 @@ def suite_job_task(cfg: DictConfig) -> dict[str, Any]:
         os.environ[VERB_ENV] = "train"
     # Held while the job runs: a re-run of the suite refuses to start (rather than move this folder aside
     # under it) while workers of a killed `anobench bench` are still finishing their job.
-    with file_lock(suite_dir / WORKERS_LOCK, exclusive=False, busy_message="suite workers lock busy"):
+    with folder_lock(suite_dir, WORKERS_LOCK, exclusive=False, busy_message="suite workers lock busy"):
         try:
             return train(cfg)
         except Exception as error:  # noqa: BLE001 - recorded, and the suite goes on
