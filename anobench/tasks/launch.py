@@ -96,14 +96,18 @@ def suite_job_task(cfg: DictConfig) -> dict[str, Any]:
     # under it) while workers of a killed `anobench bench` are still finishing their job.
     with folder_lock(suite_dir, WORKERS_LOCK, exclusive=False, busy_message="suite workers lock busy"):
         try:
-            return train(cfg)
+            record = train(cfg)
         except Exception as error:  # noqa: BLE001 - recorded, and the suite goes on
             path = run_dir / RESULT_FILE
             if path.is_file():  # the train task recorded the failure itself
-                return read_result(path)
-            record = failed_record(cfg, error, {})
-            write_result(run_dir, record)
-            return record
+                record = read_result(path)
+            else:
+                record = failed_record(cfg, error, {})
+                write_result(run_dir, record)
+    if record.get("status") != "worker":  # progress as jobs finish (the suite's summary comes at the end)
+        print(f"finished: {cfg.method.name} {cfg.data.dataset}/{cfg.data.category} seed {cfg.seed}: "
+              f"{record.get('status')} ({run_dir})", flush=True)
+    return record
 
 
 def is_lightning_ddp(cfg: DictConfig) -> bool:
