@@ -21,3 +21,27 @@ def test_bench_methods_prints_a_row_of_figures(tmp_path):
     assert (size, batch) == ("64", "2")
     assert float(train_ips) > 0 and float(infer_ips) > 0 and float(prepare_s) >= 0
     assert "MiB" in row
+
+
+def test_suite_costs_sums_the_recorded_timings_per_method(tmp_path):
+    from anobench.results.record import write_result
+
+    def record(method, category, train_s, inference_s, gpu_mb, status="ok"):
+        return {"method": method, "dataset": "mvtec", "category": category, "seed": 0, "status": status,
+                "finished_at": "2026-01-01T00:00:00", "budget": {"label": "paper"},
+                "device": {"accelerator": "gpu", "cpu": "x", "gpu": "NVIDIA H200"},
+                "timings": {"train_s": train_s, "inference_s": inference_s}, "peak_gpu_mb": gpu_mb,
+                "peak_rss_mb": 2048.0, "metrics": {"image_auroc": 0.9, "pixel_auroc": 0.9, "pro": 0.9}}
+
+    write_result(tmp_path / "runs" / "a", record("memae", "bottle", 3600.0, 360.0, 1024.0))
+    write_result(tmp_path / "runs" / "b", record("memae", "cable", 1800.0, 0.0, 3072.0))
+    write_result(tmp_path / "runs" / "c", {**record("memae", "grid", 36.0, 0.0, None), "status": "failed"})
+    proc = subprocess.run([sys.executable, "scripts/suite_costs.py", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    fields = next(line for line in proc.stdout.splitlines() if line.startswith("memae")).split()
+    assert fields[1:8] == ["2", "1", "1.510", "0.100", "1.100", "3.00", "2.00"]  # 5436 s, 360 s, 3960 s; GiB
+    assert "paper / NVIDIA H200" in proc.stdout
+    missing = subprocess.run([sys.executable, "scripts/suite_costs.py", str(tmp_path / "nope")], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "nope/runs: no such folder" in missing.stderr
