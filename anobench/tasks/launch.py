@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -79,19 +79,39 @@ def suite_job_task(cfg: DictConfig) -> dict[str, Any]:
     """What every launched suite job runs: the train task; never raises (a failure is a failed result)."""
     from hydra.core.hydra_config import HydraConfig
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    suite_dir = Path(str(cfg.paths.results_dir))
+    with contextlib.ExitStack() as stack:
+        if is_lightning_ddp(cfg):
+            stack.enter_context(_argv_of_train_job(list(HydraConfig.get().overrides.task)))
+        return _run_suite_job(cfg, run_dir, suite_dir)
+
+
+@contextlib.contextmanager
+def _argv_of_train_job(overrides: list[str]) -> Iterator[None]:
+    """Lightning starts a DDP job's other ranks by re-running argv: make argv this job's train command."""
+    import os
+    import sys
+
+    from anobench.cli import VERB_ENV
+
+    saved_argv, saved_verb = sys.argv, os.environ.get(VERB_ENV)
+    sys.argv = [sys.argv[0], *overrides]
+    os.environ[VERB_ENV] = "train"
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if saved_verb is None:
+            os.environ.pop(VERB_ENV, None)
+        else:
+            os.environ[VERB_ENV] = saved_verb
+
+
+def _run_suite_job(cfg: DictConfig, run_dir: Path, suite_dir: Path) -> dict[str, Any]:
     from anobench.results.record import RESULT_FILE, read_result, write_result
     from anobench.tasks.train import train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    suite_dir = Path(str(cfg.paths.results_dir))
-    if is_lightning_ddp(cfg):  # Lightning re-runs argv for the other ranks: make it this job's train command
-        import os
-        import sys
-
-        from anobench.cli import VERB_ENV
-
-        sys.argv = [sys.argv[0], *HydraConfig.get().overrides.task]
-        os.environ[VERB_ENV] = "train"
     # Held while the job runs: a re-run of the suite refuses to start (rather than move this folder aside
     # under it) while workers of a killed `anobench bench` are still finishing their job.
     with folder_lock(suite_dir, WORKERS_LOCK, exclusive=False, busy_message="suite workers lock busy"):
