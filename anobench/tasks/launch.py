@@ -173,7 +173,9 @@ def launch(todo: Sequence[PlannedJob], suite_dir: Path, overrides: Sequence[str]
 
     if not todo:
         return []
-    base = [*overrides, f"hydra.sweep.dir={quote(suite_dir)}"]
+    # Each job's log file stays (<run dir>/anobench_bench.log); its console copy goes: Lightning's own
+    # "lightning" logger already prints to the console, so every line would appear twice.
+    base = ["hydra.job_logging.root.handlers=[file]", *overrides, f"hydra.sweep.dir={quote(suite_dir)}"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="anobench_bench"):
         JobRuntime.instance().set("name", "anobench_bench")
