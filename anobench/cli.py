@@ -5,7 +5,7 @@
     anobench bench suite=<name> [results_dir=DIR] [n_jobs=N | hydra/launcher=submitit_slurm ...] [dry_run=true] [...]
     anobench leaderboard [--results-dir results]
     anobench report [--results-dir results] [--output FILE]
-    anobench reproduce --check <results dir> [--allow-reduced]
+    anobench reproduce --check <results dir> [--allow-reduced] | --check <suite> --expected | --write-expected <suite>
     anobench data download mvtec --root DIR [--archive FILE]
     anobench data synth --root DIR [--category weave ...]
 
@@ -54,6 +54,7 @@ def usage() -> str:
         "  leaderboard  rebuild results/leaderboard.{md,csv} from the result files (--results-dir DIR)",
         "  report       write results/report.html: leaderboard, each run's heatmaps/curves and provenance",
         "  reproduce    reproduce --check DIR [--allow-reduced]: ours vs the papers' numbers, within tolerance?",
+        "               --check SUITE --expected | --write-expected SUITE: a suite vs its stored expected ranges",
         "  data         data download mvtec --root DIR [--archive FILE] | data synth --root DIR",
         "",
         "Hydra flags work after train/eval: --cfg job, --info, -m/--multirun, hydra/launcher=joblib.",
