@@ -3,6 +3,7 @@ names every cell that moved, went missing, failed or is new."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,3 +102,18 @@ def test_synthetic_suite_lands_in_its_stored_expected_ranges(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr[-4000:]
     assert "96 of 96 cell(s) within their expected range" in check.stdout
+
+
+def test_a_failed_check_says_when_the_thread_count_differs_from_the_stored_ranges(tmp_path, monkeypatch, capsys):
+    before = _suite(tmp_path / "a", {("m1", "weave"): 0.70})
+    monkeypatch.setattr(expected, "EXPECTED_DIR", tmp_path / "expected")
+    expected.write_expected("toy", before, margin=0.05)
+    after = _suite(tmp_path / "b", {("m1", "weave"): 0.90})
+    for path in after.glob("runs/**/result.json"):  # the same runs, made with 2 torch threads
+        record = json.loads(path.read_text())
+        record["device"]["torch_threads"] = 2
+        path.write_text(json.dumps(record))
+    assert reproduce_command(["--check", str(after), "--expected"]) == 1
+    err = capsys.readouterr().err
+    assert "m1 synthetic/weave image AUROC: ours 0.900" in err
+    assert "these runs used [2] torch thread(s), the expected ranges [1]" in err

@@ -423,8 +423,9 @@ def _expected_command(ns: Any) -> int:
     from anobench.results.expected import load_expected_document, torch_threads
 
     stored = (load_expected_document(suite).get("generated") or {}).get("torch_threads")
-    if stored and torch_threads(folder) != stored:
-        print(f"  note: these runs used {torch_threads(folder)} torch thread(s), the expected ranges {stored}; "
+    used = torch_threads(folder) if stored else None
+    if stored and used != stored:
+        print(f"  note: these runs used {used} torch thread(s), the expected ranges {stored}; "
               "the thread count changes float reduction order and, at this budget, the numbers "
               "(run the suite with OMP_NUM_THREADS=1)", file=sys.stderr)
     print("  (if the change is meant to move these numbers: anobench reproduce --write-expected "

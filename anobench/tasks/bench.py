@@ -156,6 +156,7 @@ def compose_job(job: Job, suite_dir: Path, with_hydra: bool = False) -> DictConf
 
 def plan_job(job: Job, suite_dir: Path) -> PlannedJob:
     from anobench.results.identity import config_hash
+    from anobench.tasks.train import uses_ddp
 
     cfg = compose_job(job, suite_dir)
     digest = config_hash(OmegaConf.to_container(cfg, resolve=True))
@@ -163,7 +164,7 @@ def plan_job(job: Job, suite_dir: Path) -> PlannedJob:
     run_dir = suite_dir / "runs" / job.method / dataset / category / f"seed{job.seed}" / digest
     resources = OmegaConf.to_container(cfg.method.resources, resolve=True) if "resources" in cfg.method else {}
     return PlannedJob(job=job, run_dir=run_dir, config_hash=digest, dataset=dataset, category=category,
-                      resources=dict(resources or {}), distributed="ddp" in str(cfg.trainer.get("strategy") or ""))
+                      resources=dict(resources or {}), distributed=uses_ddp(cfg.trainer))
 
 
 def is_complete(run_dir: Path, digest: str) -> bool:

@@ -134,7 +134,9 @@ def is_lightning_ddp(cfg: DictConfig) -> bool:
     """A DDP trainer whose extra processes Lightning starts itself (not SLURM: there srun starts them)."""
     import os
 
-    return "ddp" in str(cfg.trainer.get("strategy") or "") and "SLURM_NTASKS" not in os.environ
+    from anobench.tasks.train import uses_ddp
+
+    return uses_ddp(cfg.trainer) and "SLURM_NTASKS" not in os.environ
 
 
 def job_overrides(item: PlannedJob, suite_dir: Path) -> list[str]:

@@ -29,6 +29,11 @@ SWEEP_LOG_ENV = "ANOBENCH_JOB_LOG"  # set by the CLI: every job appends its resu
 RANK_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
 
+def uses_ddp(trainer_cfg: DictConfig) -> bool:
+    """The trainer config selects one of Lightning's DDP strategies (conf/trainer/ddp.yaml)."""
+    return "ddp" in str(trainer_cfg.get("strategy") or "")
+
+
 def is_primary_process() -> bool:
     """False in the extra processes of a DDP run: they train with rank 0, and only rank 0 tests and records."""
     return all(int(os.environ.get(name) or 0) == 0 for name in RANK_ENV)
