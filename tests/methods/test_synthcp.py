@@ -128,12 +128,13 @@ def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: i
 def test_synthcp_learns_on_synthetic(tmp_path):
     """Washer, 64×64, batch 8, 120 steps (60 D + 60 G updates), random-weight ResNet-18 (pretrained=false), CPU.
 
-    Measured (seeds 0/1): pixel AUROC 0.844 / 0.781, image AUROC (max of the map) 0.602 / 0.742.
-    Thresholds sit below the lowest seed: pixel 0.72, image 0.55. The image level is only modestly
-    above chance and is not robust across categories (GPU sweep at 1000 steps, seed 0: 0.23–0.62 over
-    washer/tablet/weave/granite): the map's maximum often falls on object outlines and texture edges,
-    whose positions vary between normal images — see README "Results".
+    Measured (seeds 0/1/2): image AUROC (max of the map) 0.672 / 0.711 / 0.680, pixel AUROC
+    0.846 / 0.719 / 0.675. Thresholds: image 0.62 (as the reconstruction methods' tests), pixel 0.72
+    (seed 0's value with margin; the pixel level varies more over seeds than the image level). The image
+    level is not robust across categories (tablet 0.57, weave 0.50, seed 0; GPU sweep at 1000 steps:
+    0.23–0.62 over the four): the map's maximum often falls on object outlines and texture edges, whose
+    positions vary between normal images — see README "Results".
     """
     metrics = fit_and_test(tmp_path)
     assert metrics["pixel_auroc"] >= 0.72, metrics
-    assert metrics["image_auroc"] >= 0.55, metrics
+    assert metrics["image_auroc"] >= 0.62, metrics

@@ -49,7 +49,7 @@ class SynthCP(AnomalyModule):
         weights_path: str | None = None,
         num_clusters: int = 8,
         layout_layer: str = "layer2",
-        compare_layers: tuple[str, ...] = ("layer1", "layer2"),
+        compare_layers: tuple[str, ...] = ("layer1",),
         generator_channels: tuple[int, ...] = (128, 64, 32, 16),
         spade_hidden: int = 32,
         discriminator_channels: tuple[int, ...] = (32, 64, 128),

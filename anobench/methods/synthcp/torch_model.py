@@ -195,7 +195,7 @@ class SynthCPModel(nn.Module):
         backbone: nn.Module,
         num_clusters: int = 8,
         layout_layer: str = "layer2",
-        compare_layers: Sequence[str] = ("layer1", "layer2"),
+        compare_layers: Sequence[str] = ("layer1",),
         generator_channels: Sequence[int] = (128, 64, 32, 16),
         spade_hidden: int = 32,
     ) -> None:
