@@ -43,11 +43,19 @@ def _bench_env(tmp_path: Path) -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-@pytest.mark.parametrize("name,settings,n_jobs", [
+SHIPPED_SUITES = [
     ("mvtec_paper", [], 8 * 15),
     ("synthetic_quick", [], 8 * 4),
+    ("cpu_reduced", [], 8),
     ("method", ["method=memae"], 15 * 3),
-])
+]
+
+
+def test_every_shipped_suite_is_checked_below():
+    assert set(group_options("suite")) == {name for name, _, _ in SHIPPED_SUITES}
+
+
+@pytest.mark.parametrize("name,settings,n_jobs", SHIPPED_SUITES)
 def test_every_shipped_suite_expands_to_jobs_that_compose(name, settings, n_jobs, tmp_path):
     assert name in group_options("suite")
     suite = bench.load_suite(name, settings)
