@@ -33,12 +33,13 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _datamodule(tmp_path, category: str = "washer", seed: int = 0, batch: int = 8, size: int = 64):
+def _datamodule(tmp_path, category: str = "washer", seed: int = 0, batch: int = 8, size: int = 64,
+                n_train: int = 12):
     from anobench.data import AnomalyDataModule
 
     return AnomalyDataModule(dataset="synthetic", category=category, root=str(tmp_path), image_size=size,
-                             train_batch_size=batch, eval_batch_size=16, train_repeats=50, seed=seed,
-                             synthetic=_SYNTHETIC)
+                             train_batch_size=batch, eval_batch_size=16, train_repeats=max(1, 600 // n_train),
+                             seed=seed, synthetic={**_SYNTHETIC, "n_train": n_train})
 
 
 # --- GAN plumbing (components/gan.py) -------------------------------------------------------------
@@ -163,19 +164,23 @@ def test_registered_and_output_contract():
     assert isinstance(out, AnomalyOutput) and out.anomaly_map.shape == (3, 64, 64) and out.pred_score.shape == (3,)
     x = images * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(out.pred_score, -model.discriminator(model.generator(x)))  # −logit of D(G(x))
+        # −logit of D(G(x)); the default patch head's image-level output is its mean patch logit
+        torch.testing.assert_close(out.pred_score, -model.discriminator(model.generator(x)).flatten(1).mean(1))
+        linear = OGNetModel(64, 3, (8, 16, 16, 32), (8, 16, 16, 32), discriminator_head="linear",
+                            discriminator_norm="batch", discriminator_kernel_size=None).eval()
+        torch.testing.assert_close(linear(images).pred_score, -linear.discriminator(linear.generator(x)))
         torch.testing.assert_close(out.anomaly_map, (x - model.generator(x)).pow(2).sum(1).sqrt())
     with pytest.raises(ValueError, match="multiple"):
         OGNetModel(60)
 
 
 # --- learning on synthetic data -------------------------------------------------------------------
-def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: int = 120,
+def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: int = 600, n_train: int = 100,
                  **kwargs) -> dict[str, float]:
     """Fit + test; besides the evaluator's metrics, what the two phases learned on the training images."""
     L.seed_everything(seed)
     module = OGNet(**kwargs)
-    datamodule = _datamodule(tmp_path, category, seed)
+    datamodule = _datamodule(tmp_path, category, seed, n_train=n_train)
     train = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()]) * 2 - 1
     with torch.no_grad():
         initial_mse = F.mse_loss(module.model.generator.eval()(train), train).item()
@@ -197,18 +202,16 @@ def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: i
 
 @pytest.mark.slow
 def test_ognet_learns_on_synthetic(tmp_path):
-    """Washer, 64×64, batch 8, 120 steps (96 phase one, G_old at step 29, 24 phase two), CPU, with
-    λ_R = 10 instead of the paper's 0.4 so that G's reconstruction learns within its 48 updates.
+    """Washer, 64×64, 100 training images, batch 8, 600 steps (480 phase one, G_old at step 144, 120 phase
+    two), CPU, default patch-wise D, with λ_R = 10 instead of the paper's 0.4 so that G's reconstruction
+    learns within its 240 updates.
 
-    Measured (seeds 0/1): D separates the four phase-two kinds on the training images (accuracy
-    1.0 / 1.0; threshold 0.9); pixel AUROC of the residual map 0.588 / 0.592 (threshold 0.54); image
-    AUROC of the map's max 0.680 / 0.789 (threshold 0.60). The paper's image score, D(G(x)), is NOT above
-    chance here (0.320 / 0.312; 0.27–0.59 over washer/tablet/weave/granite after 1500 steps on GPU): D
-    learns to tell G_old's blur and the pseudo-anomalies' ghosting from G's sharper output, and small
-    local defects make G(x) look like neither — see README "Results". So the image score is reported,
-    not asserted.
+    Measured (seeds 0/1/2): the paper's image score −D(G(x)) (mean patch logit) 0.805 / 0.578 / 0.734
+    (threshold 0.65 at seed 0: above chance on every seed, but with a large spread); D separates the four
+    phase-two kinds on the training images (accuracy 1.0 / 1.0 / 1.0; threshold 0.9). Not on every
+    category: tablet 0.41, weave 0.33 (seed 0); and the official linear head is below chance on washer
+    (0.27–0.32) — see README "Results".
     """
     metrics = fit_and_test(tmp_path, lambda_reconstruction=10.0)
     assert metrics["d_phase_two_accuracy"] >= 0.9, metrics
-    assert metrics["pixel_auroc"] >= 0.54, metrics
-    assert metrics["image_auroc_map_max"] >= 0.60, metrics
+    assert metrics["image_auroc"] >= 0.65, metrics

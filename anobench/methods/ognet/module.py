@@ -80,8 +80,9 @@ class OGNet(AnomalyModule):
         generator_channels: tuple[int, ...] = (32, 64, 128, 256),
         discriminator_channels: tuple[int, ...] = (32, 64, 128, 256),
         kernel_size: int = 5,
-        discriminator_norm: str | None = "batch",
-        discriminator_head: str = "linear",
+        discriminator_norm: str | None = "instance",
+        discriminator_head: str = "patch",
+        discriminator_kernel_size: int | None = 4,
         noise_std: float = 0.1,
         lambda_reconstruction: float = 0.4,
         adversarial_mode: str = "bce",
@@ -104,7 +105,7 @@ class OGNet(AnomalyModule):
         self.beta = beta
         self.phase_two_lr_factor = phase_two_lr_factor
         self.model = OGNetModel(image_size, 3, generator_channels, discriminator_channels, kernel_size,
-                                discriminator_norm, discriminator_head)
+                                discriminator_norm, discriminator_head, discriminator_kernel_size)
         self.schedule: OGNetSchedule | None = None
         self._phase_two_started = False
 

@@ -8,8 +8,11 @@
 - ``generator_old`` G_old: a frozen snapshot of G taken early in phase one (`snapshot_old_generator`),
   always in eval mode, never trained. Saved in checkpoints like any submodule; ``g_old_step``
   records the training step it was taken at (−1 = not taken yet).
-- ``discriminator`` D: the official shape — 5×5 stride-2 convs, BN + ReLU, no BN on the last conv,
-  flatten → linear → one logit (sigmoid applied in the loss).
+- ``discriminator`` D: 4×4 stride-2 convs, instance norm + ReLU, no norm on the last conv, and a
+  PatchGAN head (one logit per patch; the image-level output is their mean) by default. The official
+  shape — 5×5 convs, BN, flatten → linear → one logit — is ``discriminator_head="linear"``,
+  ``discriminator_norm="batch"``, ``discriminator_kernel_size=None`` (below chance on local defects;
+  see README "Results").
 
 Inference (eval mode): images in [0, 1] → x = 2·img − 1 (official mean 0.5 / std 0.5) → G(x) →
 D(G(x)). The paper's score is D's output on G(x) (high = normal), so ``pred_score`` is −logit
@@ -54,8 +57,9 @@ class OGNetModel(nn.Module):
         generator_channels: Sequence[int] = (32, 64, 128, 256),
         discriminator_channels: Sequence[int] = (32, 64, 128, 256),
         kernel_size: int = 5,
-        discriminator_norm: str | None = "batch",
-        discriminator_head: str = "linear",
+        discriminator_norm: str | None = "instance",
+        discriminator_head: str = "patch",
+        discriminator_kernel_size: int | None = 4,
     ) -> None:
         super().__init__()
         depth = len(generator_channels)
@@ -67,7 +71,7 @@ class OGNetModel(nn.Module):
         self.generator_old = frozen_copy(self.generator)
         self.discriminator = build_discriminator(
             in_channels, discriminator_channels, head=discriminator_head, input_size=image_size,
-            kernel_size=kernel_size,
+            kernel_size=kernel_size if discriminator_kernel_size is None else discriminator_kernel_size,
             norm=discriminator_norm, act="relu", unnormalized_layers=(-1,),
         )
         self.register_buffer("g_old_step", torch.tensor(-1, dtype=torch.long))
