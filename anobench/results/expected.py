@@ -26,7 +26,7 @@ import yaml
 from anobench.errors import AnobenchError
 from anobench.io import atomic_write_text
 from anobench.results.leaderboard import build_leaderboard, collect_results
-from anobench.results.record import METRIC_KEYS, RESULT_FILE, git_sha, library_versions
+from anobench.results.record import RESULT_FILE, git_sha, library_versions
 
 EXPECTED_DIR = Path(__file__).with_name("expected")
 DEFAULT_MARGIN = 0.05  # AUROC/PRO units: a few image-AUROC steps on the synthetic test sets
@@ -68,16 +68,8 @@ def torch_threads(suite_dir: str | Path) -> list[int]:
 
 def _cells(suite_dir: Path) -> dict[tuple[str, str, str, str], Any]:
     board = build_leaderboard(_results(suite_dir))
-    cells = {}
-    for row in board.rows:
-        if row["kind"] == "mean":
-            continue
-        for method in board.methods:
-            for metric in METRIC_KEYS:
-                cell = row.get((method, metric))
-                if cell is not None:
-                    cells[(method, row["dataset"], row["category"], metric)] = cell
-    return cells
+    return {(method, row["dataset"], row["category"], metric): cell
+            for row, method, metric, cell in board.category_cells()}
 
 
 def write_expected(suite: str, suite_dir: str | Path, margin: float = DEFAULT_MARGIN,

@@ -110,6 +110,17 @@ class Leaderboard:
     runs: list[dict[str, Any]]
     warnings: list[str]
 
+    def category_cells(self) -> Iterable[tuple[dict[str, Any], str, str, Cell]]:
+        """(row, method, metric, cell) for every filled cell of the per-category rows (mean rows skipped)."""
+        for row in self.rows:
+            if row["kind"] == "mean":
+                continue
+            for method in self.methods:
+                for metric in METRIC_KEYS:
+                    cell = row.get((method, metric))
+                    if cell is not None:
+                        yield row, method, metric, cell
+
 
 def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | None = None,
                       warnings: list[str] | None = None) -> Leaderboard:

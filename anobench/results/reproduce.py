@@ -199,17 +199,10 @@ def check_reproduction(results_dir: str | Path, allow_reduced: bool = False,
 
     rows: list[CheckRow] = []
     have: set[tuple[str, str, str, str]] = set()
-    for row in board.rows:
-        if row["kind"] == "mean":
-            continue
-        for method in board.methods:
-            for metric in METRIC_KEYS:
-                cell = row.get((method, metric))
-                if cell is None:
-                    continue
-                have.add((method, row["dataset"], row["category"], metric))
-                rows.append(_category_row(paper, method, row["dataset"], row["category"], metric, cell,
-                                          row.get((method, metric, "paper"))))
+    for row, method, metric, cell in board.category_cells():
+        have.add((method, row["dataset"], row["category"], metric))
+        rows.append(_category_row(paper, method, row["dataset"], row["category"], metric, cell,
+                                  row.get((method, metric, "paper"))))
     for method in board.methods:
         for dataset, category, metric in _paper_cells(paper, method):
             if (method, dataset, category, metric) not in have:
