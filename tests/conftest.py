@@ -42,3 +42,15 @@ def run_cli(tmp_path):
         return proc
 
     return run
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Pin torch to one CPU thread for the test: GAN metrics depend on the thread count (float reduction
+    order), so values measured at one thread hold on any machine only there."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -201,10 +201,11 @@ def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: i
 
 
 @pytest.mark.slow
-def test_ognet_learns_on_synthetic(tmp_path):
+def test_ognet_learns_on_synthetic(tmp_path, one_torch_thread):
     """Washer, 64×64, 100 training images, batch 8, 600 steps (480 phase one, G_old at step 144, 120 phase
-    two), CPU, default patch-wise D, with λ_R = 10 instead of the paper's 0.4 so that G's reconstruction
-    learns within its 240 updates.
+    two), CPU at one torch thread, default patch-wise D, with λ_R = 10 instead of the paper's 0.4 so that
+    G's reconstruction learns within its 240 updates. (At two threads seed 0 gives 0.719: the GAN's
+    metrics depend on the float reduction order.)
 
     Measured (seeds 0/1/2): the paper's image score −D(G(x)) (mean patch logit) 0.805 / 0.578 / 0.734
     (threshold 0.65 at seed 0: above chance on every seed, but with a large spread); D separates the four

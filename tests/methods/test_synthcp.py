@@ -125,8 +125,9 @@ def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: i
 
 
 @pytest.mark.slow
-def test_synthcp_learns_on_synthetic(tmp_path):
-    """Washer, 64×64, batch 8, 120 steps (60 D + 60 G updates), random-weight ResNet-18 (pretrained=false), CPU.
+def test_synthcp_learns_on_synthetic(tmp_path, one_torch_thread):
+    """Washer, 64×64, batch 8, 120 steps (60 D + 60 G updates), random-weight ResNet-18 (pretrained=false), CPU
+    at one torch thread.
 
     Measured (seeds 0/1/2): image AUROC (max of the map) 0.672 / 0.711 / 0.680, pixel AUROC
     0.846 / 0.719 / 0.675. Thresholds: image 0.62 (as the reconstruction methods' tests), pixel 0.72
