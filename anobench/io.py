@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+from anobench.errors import AnobenchError
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Let `write` fill a temporary file beside `path`, then rename it over `path`.
@@ -56,8 +58,6 @@ def folder_lock(folder: str | Path, name: str = ".lock", exclusive: bool = True,
         try:
             fcntl.flock(handle.fileno(), mode | (fcntl.LOCK_NB if busy_message is not None else 0))
         except BlockingIOError:
-            from anobench.errors import AnobenchError
-
             raise AnobenchError(busy_message) from None
         try:
             yield

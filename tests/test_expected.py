@@ -115,5 +115,5 @@ def test_a_failed_check_says_when_the_thread_count_differs_from_the_stored_range
         path.write_text(json.dumps(record))
     assert reproduce_command(["--check", str(after), "--expected"]) == 1
     err = capsys.readouterr().err
-    assert "m1 synthetic/weave image AUROC: ours 0.900" in err
+    assert "m1 synthetic/weave image AUROC: ours 0.900, expected [0.650, 0.750] — outside" in err
     assert "these runs used [2] torch thread(s), the expected ranges [1]" in err

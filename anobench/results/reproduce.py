@@ -379,10 +379,16 @@ def _suite_of(target: str, results_dir: str | Path) -> tuple[str, Path]:
     return (target if not Path(target).is_dir() else folder.resolve().name), folder
 
 
+def _range_text(row: Any) -> str:
+    """An expected-range row's [low, high], or — where the suite stores no range for the cell."""
+    return "—" if row.low is None else f"[{row.low:.3f}, {row.high:.3f}]"
+
+
 def _expected_command(ns: Any) -> int:
     import sys
 
-    from anobench.results.expected import DEFAULT_MARGIN, check_expected, write_expected
+    from anobench.results.expected import (DEFAULT_MARGIN, check_expected, load_expected_document,
+                                           torch_threads, write_expected)
 
     if ns.write_expected:
         suite, folder = _suite_of(ns.write_expected, ns.results_dir)
@@ -400,7 +406,7 @@ def _expected_command(ns: Any) -> int:
     for row in rows:
         style = "green" if row.status == "ok" else "bold red"
         table.add_row(row.method, f"{row.dataset}/{row.category}", METRIC_TITLES.get(row.metric, row.metric),
-                      _fmt(row.ours), "—" if row.low is None else f"[{row.low:.3f}, {row.high:.3f}]",
+                      _fmt(row.ours), _range_text(row),
                       f"[{style}]{row.status}[/]", row.note)
     Console().print(table)
     bad = [r for r in rows if r.status != "ok"]
@@ -411,10 +417,8 @@ def _expected_command(ns: Any) -> int:
     for row in bad:
         print(f"  {row.method} {row.dataset}/{row.category} {METRIC_TITLES.get(row.metric, row.metric)}: "
               f"ours {_fmt(row.ours)}, expected "
-              f"{'—' if row.low is None else f'[{row.low:.3f}, {row.high:.3f}]'} — {row.status} ({row.note})",
+              f"{_range_text(row)} — {row.status} ({row.note})",
               file=sys.stderr)
-    from anobench.results.expected import load_expected_document, torch_threads
-
     stored = (load_expected_document(suite).get("generated") or {}).get("torch_threads")
     used = torch_threads(folder) if stored else None
     if stored and used != stored:
