@@ -332,12 +332,12 @@ def reproduce_command(args: list[str]) -> int:
                         help="list runs not trained with the paper's budget as 'not paper budget' without failing; "
                              "they are never counted as reproductions")
     action.add_argument("--write-expected", metavar="SUITE",
-                        help="store the suite's current numbers as its expected ranges "
-                             "(anobench/results/expected/<suite>.yaml, value ± --margin)")
+                        help="store the suite's current numbers (>= 3 seeds) as its expected ranges "
+                             "(anobench/results/expected/<suite>.yaml: mean over seeds ± 4 pooled seed stds + --margin)")
     parser.add_argument("--expected", action="store_true",
                         help="with --check <suite>: compare with the suite's stored expected ranges instead of the "
                              "papers (a regression check for the synthetic suite)")
-    parser.add_argument("--margin", type=float, default=None, help="with --write-expected: half-width of each range")
+    parser.add_argument("--margin", type=float, default=None, help="with --write-expected: added to every range's half-width")
     ns = parser.parse_args(args)
     if ns.write_expected or ns.expected:
         return _expected_command(ns)
