@@ -23,12 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from anobench.config import GROUPS, config_dir, group_options
+from anobench.config import GROUPS, VERB_ENV, config_dir, default_results_dir, group_options
 from anobench.errors import AnobenchError
 
-# Set while a Hydra verb runs, so that processes it starts with Lightning's DDP launcher (same argv, no verb)
-# run the same verb.
-VERB_ENV = "ANOBENCH_HYDRA_VERB"
 HYDRA_VERBS = {"train": ("train", "anobench.tasks.train:train"), "eval": ("eval", "anobench.tasks.evaluate:evaluate")}
 ZERO_JOBS_HINT = (
     "the sweep expanded to zero jobs. Hydra's glob() does not see nested groups such as mvtec/*: "
@@ -151,7 +148,7 @@ def leaderboard_command(args: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="anobench leaderboard",
                                      description="Rebuild leaderboard.{md,csv} from <results-dir>/runs/**/result.json")
-    parser.add_argument("--results-dir", default=os.environ.get("ANOBENCH_RESULTS_DIR", "results"))
+    parser.add_argument("--results-dir", default=str(default_results_dir()))
     ns = parser.parse_args(args)
     if not Path(ns.results_dir).is_dir():
         raise AnobenchError(f"--results-dir {ns.results_dir}: no such folder")
@@ -166,7 +163,7 @@ def report_command(args: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="anobench report",
                                      description="Write one static HTML page (opens from disk) for a results folder")
-    parser.add_argument("--results-dir", default=os.environ.get("ANOBENCH_RESULTS_DIR", "results"))
+    parser.add_argument("--results-dir", default=str(default_results_dir()))
     parser.add_argument("--output", default=None, help=f"default: <results-dir>/{REPORT_FILE}")
     ns = parser.parse_args(args)
     if not Path(ns.results_dir).is_dir():

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anobench.config import SUITES_FOLDER, default_results_dir, suite_options
 from anobench.errors import AnobenchError
 from anobench.results.leaderboard import (
     METRIC_TITLES,
@@ -298,10 +299,6 @@ def resolve_target(target: str, results_dir: str | Path) -> Path:
     path = Path(target)
     if path.is_dir():
         return path
-    try:
-        from anobench.tasks.bench import SUITES_FOLDER, suite_options
-    except ImportError:  # the bench verb is absent: only folders can be checked
-        return path
     if target in suite_options():
         suite_dir = Path(results_dir) / SUITES_FOLDER / target
         if not suite_dir.is_dir():
@@ -326,8 +323,8 @@ def reproduce_command(args: list[str]) -> int:
     action.add_argument("--check", metavar="SUITE_OR_DIR",
                         help="a suite name (its folder <results-dir>/suites/<name>, as `anobench bench` writes it), "
                              "a results folder (<dir>/runs/**/result.json) or any folder with result files below it")
-    parser.add_argument("--results-dir", default=os.environ.get("ANOBENCH_RESULTS_DIR", "results"),
-                        help="where suites live (default: $ANOBENCH_RESULTS_DIR or results)")
+    parser.add_argument("--results-dir", default=str(default_results_dir()),
+                        help="where suites live (default: $ANOBENCH_RESULTS_DIR or outputs; the committed ones: results)")
     parser.add_argument("--allow-reduced", action="store_true",
                         help="list runs not trained with the paper's budget as 'not paper budget' without failing; "
                              "they are never counted as reproductions")

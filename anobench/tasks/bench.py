@@ -33,11 +33,9 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from anobench.config import config_dir, group_options
+from anobench.config import SUITE_GROUP, SUITES_FOLDER, config_dir, default_results_dir, group_options, suite_options
 from anobench.errors import AnobenchError
 
-SUITE_GROUP = "suite"
-SUITES_FOLDER = "suites"
 STALE_FOLDER = "stale"
 # Command-line keys that steer the bench verb itself (everything else is a suite key or a job override).
 CONTROL_KEYS = ("suite", "results_dir", "n_jobs", "dry_run")
@@ -91,10 +89,6 @@ class SuiteOutcome:
 
 
 # --------------------------------------------------------------------------------------------- suites
-
-
-def suite_options() -> list[str]:
-    return group_options(SUITE_GROUP, config_dir())
 
 
 def load_suite(name: str, settings: Sequence[str] = ()) -> DictConfig:
@@ -278,7 +272,7 @@ def bench_command(args: Sequence[str]) -> int:
             raise AnobenchError(f"anobench bench: {key}= is set per job by the suite; use "
                                 f"{GRID_KEYS[key]}=... (e.g. {GRID_KEYS[key]}=[...]) instead")
     suite = load_suite(control["suite"], settings)
-    results_dir = control.get("results_dir") or os.environ.get("ANOBENCH_RESULTS_DIR", "results")
+    results_dir = control.get("results_dir") or str(default_results_dir())
     n_jobs = int(control.get("n_jobs", 1))
     dry_run = control.get("dry_run", "false").lower() in ("1", "true", "yes")
     os.environ.setdefault("ANOBENCH_COMMAND", " ".join(["anobench", "bench", *args]))

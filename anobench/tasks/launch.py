@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from anobench.config import config_dir
+from anobench.config import VERB_ENV, config_dir
 from anobench.errors import AnobenchError
 from anobench.io import folder_lock
 
@@ -92,8 +92,6 @@ def _argv_of_train_job(overrides: list[str]) -> Iterator[None]:
     """Lightning starts a DDP job's other ranks by re-running argv: make argv this job's train command."""
     import os
     import sys
-
-    from anobench.cli import VERB_ENV
 
     saved_argv, saved_verb = sys.argv, os.environ.get(VERB_ENV)
     sys.argv = [sys.argv[0], *overrides]
