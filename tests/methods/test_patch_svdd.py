@@ -289,3 +289,55 @@ def test_patch_svdd_localizes_on_second_synthetic_object(tmp_path):
     training images, so only the pixel level is checked here."""
     metrics = _fit_and_test(tmp_path, "tablet", max_steps=40).test_results["metrics"]
     assert metrics["pixel_auroc"] >= 0.80, metrics
+
+
+# --- faiss nearest-neighbour index --------------------------------------------------------------
+def _bank_and_queries(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    bank = torch.tanh(torch.randn(4000, 64, generator=gen))
+    queries = torch.cat([torch.tanh(torch.randn(500, 64, generator=gen)), bank[:20] + 1e-4])
+    return bank, queries
+
+
+def test_faiss_exact_equals_brute_force_cdist():
+    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
+
+    bank, queries = _bank_and_queries()
+    ref = torch.cdist(queries, bank, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1)
+    dist, index = NearestNeighbourIndex(bank, "exact").query(queries, return_index=True)
+    torch.testing.assert_close(dist, ref.values, atol=1e-5, rtol=1e-5)
+    assert (index == ref.indices).float().mean() > 0.99
+
+
+def test_faiss_ivf_is_close_and_never_below_exact():
+    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
+
+    bank, queries = _bank_and_queries()
+    exact = NearestNeighbourIndex(bank, "exact").query(queries)
+    ivf = NearestNeighbourIndex(bank, "ivf", nlist=16, nprobe=4).query(queries)
+    assert (ivf >= exact - 1e-5).all()
+    assert (ivf - exact).mean() < 0.05 * exact.mean()  # measured ≈ 1 % of the mean distance
+    full = NearestNeighbourIndex(bank, "ivf", nlist=16, nprobe=16).query(queries)  # every cell = exact
+    torch.testing.assert_close(full, exact, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="nn_search"):
+        NearestNeighbourIndex(bank, "hnsw")
+
+
+@pytest.mark.parametrize("search", ["exact", "ivf", "torch"])
+def test_model_nn_search_modes_agree_and_are_recorded(search):
+    torch.manual_seed(0)
+    module = PatchSVDD(nn_search=search, nn_nlist=8, nn_nprobe=8)
+    model = module.model.eval()
+    _randomize(model)
+    train = torch.rand(2, 3, 256, 256)
+    model.fit_mean([train])
+    model.fit_bank([train])
+    test = torch.rand(1, 3, 256, 256)
+    reference = PatchSVDDModel().eval()
+    reference.load_state_dict(model.state_dict())
+    reference.nn_search = "torch"
+    reference.fit_bank([train])
+    torch.testing.assert_close(model(test).anomaly_map, reference(test).anomaly_map, atol=1e-5, rtol=1e-5)
+    info = module.extra_test_results()["nearest_neighbour"]
+    assert info["search"] == search and info["approximate"] == (search == "ivf")
+    assert info["bank_rows"] == {"k64": 2 * 13 * 13, "k32": 2 * 57 * 57}

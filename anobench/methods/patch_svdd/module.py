@@ -46,6 +46,9 @@ class PatchSVDD(AnomalyModule):
         pixel_noise_std: float = 0.02,
         bank_subsample: float | int | None = None,
         nn_chunk_size: int = 4096,
+        nn_search: str = "exact",
+        nn_nlist: int = 1024,
+        nn_nprobe: int = 8,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__(optimizer)
@@ -54,7 +57,13 @@ class PatchSVDD(AnomalyModule):
         self.rgb_shift_std = rgb_shift_std
         self.pixel_noise_std = pixel_noise_std
         self.bank_subsample = bank_subsample
-        self.model = PatchSVDDModel(embedding_dim=embedding_dim, nn_chunk_size=nn_chunk_size)
+        self.model = PatchSVDDModel(
+            embedding_dim=embedding_dim,
+            nn_chunk_size=nn_chunk_size,
+            nn_search=nn_search,
+            nn_nlist=nn_nlist,
+            nn_nprobe=nn_nprobe,
+        )
         self.classifier_64 = PositionClassifier(embedding_dim)
         self.classifier_32 = PositionClassifier(embedding_dim)
 
@@ -106,3 +115,17 @@ class PatchSVDD(AnomalyModule):
         if not self.model.has_mean:  # e.g. evaluating an untrained model
             self.model.fit_mean(_images(train_loader))
         self.model.fit_bank(_images(train_loader), subsample=self.bank_subsample)
+
+    def extra_test_results(self) -> dict:
+        """result.json evaluation.nearest_neighbour: how the 1-NN search was done."""
+        m = self.model
+        info = {
+            "search": m.nn_search,
+            "library": "torch" if m.nn_search == "torch" or m.bank_32.is_cuda else "faiss-cpu",
+            "approximate": m.nn_search == "ivf" or self.bank_subsample is not None,
+            "bank_subsample": self.bank_subsample,
+            "bank_rows": {"k64": int(m.bank_64.shape[0]), "k32": int(m.bank_32.shape[0])},
+        }
+        if m.nn_search == "ivf":
+            info.update(nlist=m.nn_nlist, nprobe=m.nn_nprobe)
+        return {"nearest_neighbour": info}

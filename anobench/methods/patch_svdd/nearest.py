@@ -93,3 +93,71 @@ def nearest_distances(
         best_index[q0 : q0 + chunk_size] = best_i
     distances = (queries - bank[best_index]).norm(dim=1)
     return (distances, best_index) if return_index else distances
+
+
+# --- faiss (CPU) ---------------------------------------------------------------------------------
+NN_SEARCHES = ("exact", "ivf", "torch")
+
+
+class NearestNeighbourIndex:
+    """1-NN index over a bank through faiss-cpu: ``exact`` (IndexFlatL2) or ``ivf`` (IndexIVFFlat).
+
+    ``exact`` returns the same neighbour as brute force (faiss's BLAS search, multithreaded);
+    ``ivf`` clusters the bank into `nlist` k-means cells (trained on at most 256 × nlist bank rows,
+    fixed seed) and searches only the `nprobe` cells nearest to each query — an approximate search
+    whose distances can only be ≥ the exact ones, like the official code's NGT for K = 32.
+    ``torch`` keeps the plain blocked torch search above (also what a CUDA bank uses, since
+    faiss-cpu cannot search GPU memory). In every mode the returned distance is recomputed directly
+    as ||q − b*|| from the chosen neighbour, so no float32 cancellation reaches the scores.
+    """
+
+    def __init__(self, bank: torch.Tensor, search: str = "exact", nlist: int = 1024, nprobe: int = 8,
+                 chunk_size: int = 4096, seed: int = 0) -> None:
+        if search not in NN_SEARCHES:
+            raise ValueError(f"nn_search must be one of {NN_SEARCHES}, got {search!r}")
+        if bank.ndim != 2 or bank.shape[0] == 0:
+            raise ValueError(f"expected a non-empty M×D bank, got {tuple(bank.shape)}")
+        if nlist < 1 or nprobe < 1:
+            raise ValueError(f"nn_nlist and nn_nprobe must be >= 1, got {nlist} and {nprobe}")
+        self.bank = bank
+        self.search = search
+        self.chunk_size = chunk_size
+        self.index = None
+        if search == "torch" or bank.is_cuda:
+            return
+        import faiss  # faiss-cpu, a dependency; imported here so torch-only paths do not need it
+
+        data = bank.detach().to("cpu", torch.float32).contiguous().numpy()
+        d = data.shape[1]
+        if search == "exact":
+            self.index = faiss.IndexFlatL2(d)
+        else:
+            nlist = min(nlist, data.shape[0])
+            self.quantizer = faiss.IndexFlatL2(d)
+            self.index = faiss.IndexIVFFlat(self.quantizer, d, nlist, faiss.METRIC_L2)
+            self.index.cp.seed = seed
+            train = data
+            if data.shape[0] > 256 * nlist:  # faiss's own cap, drawn reproducibly here
+                rows = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))[: 256 * nlist]
+                train = data[rows.sort().values.numpy()]
+            self.index.train(train)
+            self.index.nprobe = min(nprobe, nlist)
+        self.index.add(data)
+
+    @torch.no_grad()
+    def query(self, queries: torch.Tensor, return_index: bool = False):
+        """L2 distance from each query row to its nearest bank row (and the row index)."""
+        if self.index is None:
+            return nearest_distances(queries, self.bank, chunk_size=self.chunk_size, return_index=return_index)
+        if queries.ndim != 2 or queries.shape[1] != self.bank.shape[1]:
+            raise ValueError(f"expected N×{self.bank.shape[1]} queries, got {tuple(queries.shape)}")
+        q = queries.detach().to("cpu", torch.float32).contiguous()
+        _, index = self.index.search(q.numpy(), 1)
+        index = torch.from_numpy(index[:, 0]).to(torch.long)
+        # ivf: a query whose probed cells are empty gets -1; fall back to the exact search for those
+        missing = index < 0
+        if missing.any():
+            index[missing] = nearest_distances(q[missing], self.bank.to("cpu", torch.float32), return_index=True)[1]
+        index = index.to(self.bank.device)
+        distances = (queries.to(self.bank.dtype) - self.bank[index]).norm(dim=1)
+        return (distances, index) if return_index else distances

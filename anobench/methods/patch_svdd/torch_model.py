@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anobench.methods.base import AnomalyOutput
-from anobench.methods.patch_svdd.nearest import nearest_distances, subsample_bank
+from anobench.methods.patch_svdd.nearest import NN_SEARCHES, NearestNeighbourIndex, subsample_bank
 
 SMALL_K = 32  # patch size of EncoderSmall
 BIG_K = 64  # patch size of EncoderHier
@@ -182,8 +182,13 @@ class PatchSVDDModel(nn.Module):
         stride_64: int = 16,
         stride_32: int = 4,
         nn_chunk_size: int = 4096,
+        nn_search: str = "exact",
+        nn_nlist: int = 1024,
+        nn_nprobe: int = 8,
     ) -> None:
         super().__init__()
+        if nn_search not in NN_SEARCHES:
+            raise ValueError(f"nn_search must be one of {NN_SEARCHES}, got {nn_search!r}")
         for name, stride in (("stride_64", stride_64), ("stride_32", stride_32)):
             if stride < _SMALL_STRIDE or stride % _SMALL_STRIDE:
                 raise ValueError(f"{name} must be a positive multiple of {_SMALL_STRIDE} px, got {stride}")
@@ -191,6 +196,10 @@ class PatchSVDDModel(nn.Module):
         self.stride_64 = stride_64
         self.stride_32 = stride_32
         self.nn_chunk_size = nn_chunk_size
+        self.nn_search = nn_search
+        self.nn_nlist = nn_nlist
+        self.nn_nprobe = nn_nprobe
+        self._indexes: dict[str, NearestNeighbourIndex] = {}  # built lazily per bank, reset by fit_bank
         self.encoder = EncoderHier(embedding_dim)
         # 3×H×W, set by fit_mean; shape follows the training images (resized on checkpoint load).
         self.register_buffer("mean_image", torch.zeros(3, 0, 0))
@@ -274,6 +283,18 @@ class PatchSVDDModel(nn.Module):
             raise ValueError("fit_bank got no training images")
         self.bank_64 = subsample_bank(torch.cat(banks64), subsample, seed=seed)
         self.bank_32 = subsample_bank(torch.cat(banks32), subsample, seed=seed + 1)
+        self._indexes = {}
+
+    def nn_index(self, name: str) -> NearestNeighbourIndex:
+        """The search index over bank `name` ('bank_64' / 'bank_32'), built on first use after fit_bank."""
+        bank = getattr(self, name)
+        index = self._indexes.get(name)
+        if index is None or index.bank is not bank:
+            index = NearestNeighbourIndex(
+                bank, self.nn_search, nlist=self.nn_nlist, nprobe=self.nn_nprobe, chunk_size=self.nn_chunk_size
+            )
+            self._indexes[name] = index
+        return index
 
     # --- inference ---------------------------------------------------------------------------
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,10 +303,10 @@ class PatchSVDDModel(nn.Module):
             raise RuntimeError("PatchSVDDModel has empty embedding banks: call fit_bank() on the training images")
         emb64, emb32 = self.dense_embeddings(self.normalize(images))
         out = []
-        for emb, bank in ((emb64, self.bank_64), (emb32, self.bank_32)):
+        for emb, name in ((emb64, "bank_64"), (emb32, "bank_32")):
             b, d, n_h, n_w = emb.shape
             queries = emb.permute(0, 2, 3, 1).reshape(-1, d)
-            out.append(nearest_distances(queries, bank, chunk_size=self.nn_chunk_size).reshape(b, n_h, n_w))
+            out.append(self.nn_index(name).query(queries).reshape(b, n_h, n_w))
         return out[0], out[1]
 
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
