@@ -84,8 +84,11 @@ class EfficientNetLite0(nn.Module):
     (stride 4 after them, as in a ResNet); `layer1`..`layer4` = the MBConv stages ending at strides
     4 / 8 / 16 / 32 with 24 / 40 / 112 / 320 channels (ResNet-18: 64 / 128 / 256 / 512); `forward`
     returns the 1000 ImageNet logits through `head` (1×1 conv to 1280, BN, ReLU6), global pooling and `fc`
-    (replace `fc` by Identity for the pooled 1280-d feature).
+    (replace `fc` by Identity for the pooled 1280-d feature). The model's static "same" paddings need
+    inputs of at least 32 px: `forward` upsamples smaller inputs (e.g. 17×17 teacher patches) to 32 px.
     """
+
+    MIN_INPUT = 32
 
     STAGE_BLOCKS = {"layer1": (1, 3), "layer2": (3, 5), "layer3": (5, 11), "layer4": (11, 16)}
 
@@ -106,6 +109,10 @@ class EfficientNetLite0(nn.Module):
         return getattr(self, name)[-1]._project_conv.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < self.MIN_INPUT:
+            scale = self.MIN_INPUT / min(x.shape[-2:])
+            size = [max(self.MIN_INPUT, round(v * scale)) for v in x.shape[-2:]]
+            x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(self.head(x)), 1))
