@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from anobench.results.leaderboard import build_leaderboard, to_csv, write_leaderboard
+from anobench.results.leaderboard import build_leaderboard, to_csv
+from anobench.results.publish import write_leaderboard
 from anobench.results.record import read_result, write_result
 
 

@@ -22,7 +22,7 @@ from anobench.data.mvtec import index_category
 from anobench.data.synthetic import ensure_synthetic
 from anobench.errors import ConfigError
 from anobench.metrics import aupro, evaluate_category, pixel_auroc, trapezoid, upsample_map
-from anobench.results.leaderboard import write_leaderboard
+from anobench.results.publish import write_leaderboard
 from anobench.results.record import write_result
 from anobench.visualize import figures
 from anobench.visualize.figures import ColourScale, heatmap_rgba, panel_name, run_colour_scale, write_run_figures
