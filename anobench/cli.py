@@ -48,8 +48,9 @@ def usage() -> str:
         "               e.g. anobench bench suite=synthetic_quick [n_jobs=2]; suite=method method=<name>",
         "               on SLURM: ... hydra/launcher=submitit_slurm hydra.launcher.partition=<p>",
         "               suites: " + ", ".join(group_options("suite", root)),
-        "  leaderboard  rebuild results/leaderboard.{md,csv} from the result files (--results-dir DIR)",
-        "  report       write results/report.html: leaderboard, each run's heatmaps/curves and provenance",
+        "  leaderboard  rebuild <dir>/leaderboard.{md,csv} and report.html from the result files\n"
+        "               (--results-dir DIR; default outputs/, the committed ones: --results-dir results)",
+        "  report       write <dir>/report.html: leaderboard, each run's heatmaps/curves and provenance",
         "  reproduce    reproduce --check DIR [--allow-reduced]: ours vs the papers' numbers, within tolerance?",
         "               --check SUITE --expected | --write-expected SUITE: a suite vs its stored expected ranges",
         "  data         data download mvtec --root DIR [--archive FILE] | data synth --root DIR",
@@ -123,7 +124,8 @@ def run_hydra_verb(verb: str, args: list[str]) -> int:
 
 def _report(jobs: list[list[str]]) -> int:
     """Rebuild and print the leaderboard rows of the jobs just run; non-zero if any failed."""
-    from anobench.results.leaderboard import print_leaderboard, write_leaderboard
+    from anobench.results.leaderboard import print_leaderboard
+    from anobench.results.publish import write_leaderboard
     from anobench.results.record import read_result
 
     if not jobs:
@@ -131,20 +133,24 @@ def _report(jobs: list[list[str]]) -> int:
     records = [read_result(path) for path, _ in jobs]
     for results_dir in dict.fromkeys(results_dir for _, results_dir in jobs):
         board = write_leaderboard(results_dir)
+        # This command's rows only: no mean over categories (maybe committed ones) it did not run.
         print_leaderboard(board, only={(r["dataset"], r["category"]) for r in records})
-        print(f"leaderboard: {Path(results_dir) / 'leaderboard.md'}")
+        print(f"leaderboard of every run in {results_dir}: {Path(results_dir) / 'leaderboard.md'}, "
+              f"{Path(results_dir) / 'report.html'}")
     failed = [r for r in records if r["status"] != "ok"]
     for record in failed:
         print(f"failed: {record['method']} {record['dataset']}/{record['category']} seed {record['seed']}: "
               f"{record['error']['type']}: {record['error']['message']}", file=sys.stderr)
-    print(f"{len(records) - len(failed)} of {len(records)} run(s) ok; result files:")
+    print(f"{len(records) - len(failed)} of {len(records)} run(s) ok; run folders (result.json, config.yaml, "
+          f"checkpoints/, figures/):")
     for path, _ in jobs:
-        print(f"  {path}")
+        print(f"  {Path(path).parent}")
     return 1 if failed else 0
 
 
 def leaderboard_command(args: list[str]) -> int:
-    from anobench.results.leaderboard import print_leaderboard, write_leaderboard
+    from anobench.results.leaderboard import print_leaderboard
+    from anobench.results.publish import write_leaderboard
 
     parser = argparse.ArgumentParser(prog="anobench leaderboard",
                                      description="Rebuild leaderboard.{md,csv} from <results-dir>/runs/**/result.json")

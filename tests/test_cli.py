@@ -135,3 +135,45 @@ def test_train_with_figures_then_report_links_them(run_cli, tmp_path):
     assert page.count("/result.json\"") == 1 and page.count("figures/panels/") == 2 * len(panels)
     assert "(report.html)" in (tmp_path / "results" / "leaderboard.md").read_text()
     assert run_cli("report", "--results-dir", str(tmp_path / "nowhere"), check=False).returncode == 2
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_plain_train_leaves_committed_results_alone_prints_only_its_rows_and_no_noise(tmp_path):
+    """As in a fresh clone: `anobench train` (no results dir given) writes to outputs/, never results/; the
+    terminal shows this run's row, no mean over other categories, says where the files went, and carries
+    none of Lightning's / torch's noise (advert tip, LeafSpec deprecation, weights_only note)."""
+    import os
+    import subprocess
+    import sys
+
+    from anobench.results.record import write_result
+
+    committed = tmp_path / "results"
+    record = {"method": "patch_svdd", "dataset": "synthetic", "category": "granite", "seed": 0, "status": "ok",
+              "finished_at": "2026-01-01T00:00:00", "budget": {"label": "reduced"},
+              "metrics": {"image_auroc": 0.9, "pixel_auroc": 0.9, "pro": 0.9}}
+    write_result(committed / "runs" / "patch_svdd" / "synthetic" / "granite" / "seed0" / "x", record)
+    (committed / "leaderboard.md").write_text("committed\n")
+    write_result(tmp_path / "outputs" / "runs" / "earlier", {**record, "category": "weave"})  # an earlier user run
+    before = _tree_digest(committed)
+    env = {k: v for k, v in os.environ.items() if k != "ANOBENCH_RESULTS_DIR"}
+    env.update(ANOBENCH_DATA_DIR=str(tmp_path / "data"), HYDRA_FULL_ERROR="0")
+    proc = subprocess.run([sys.executable, "-m", "anobench", "train", "trainer=smoke", *SMALL_RUN], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _tree_digest(committed) == before, "anobench train changed files under results/"
+    (result_path,) = (tmp_path / "outputs" / "runs" / "patch_svdd").glob("**/result.json")
+    assert json.loads(result_path.read_text())["category"] == "washer"
+    board = (tmp_path / "outputs" / "leaderboard.md").read_text()
+    assert "| washer |" in board and "| weave |" in board and "| granite |" not in board
+    assert "washer" in proc.stdout and "weave" not in proc.stdout and "Mean" not in proc.stdout
+    assert str(Path("outputs") / "leaderboard.md") in proc.stdout and str(result_path.parent.name) in proc.stdout
+    output = proc.stdout + proc.stderr
+    for noise in ("💡 Tip", "litlogger", "LeafSpec", "weights_only"):
+        assert noise not in output, f"{noise!r} printed:\n{output[-3000:]}"

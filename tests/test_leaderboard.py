@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from anobench.results.leaderboard import build_leaderboard, to_csv, write_leaderboard
+from anobench.results.leaderboard import build_leaderboard, to_csv
+from anobench.results.publish import write_leaderboard
 from anobench.results.record import read_result, write_result
 
 
@@ -69,8 +70,12 @@ def test_write_leaderboard_reads_files_marks_reduced_budget_and_skips_broken(tmp
     (tmp_path / "runs" / "c" / "result.json").write_text("{truncated")
     board = write_leaderboard(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
-    assert "| bottle | 0.900† | 0.986 |" in md  # ours (smoke budget, marked †), then the paper's
-    assert "## synthetic" in md and "| weave | 0.750†" in md
+    # the papers' form: one table per metric, methods as columns, ours (smoke budget, marked †) (paper x)
+    assert "## mvtec: image AUROC" in md and "| category | patch_svdd |" in md
+    assert "| bottle | 0.900† (paper 0.986) |" in md and "| bottle | 0.700† |" in md  # PRO: no paper number
+    assert "## synthetic: pixel AUROC" in md and "| weave | 0.750† |" in md
+    assert (tmp_path / "plots" / "mvtec_image_auroc.svg").is_file()  # a plot per metric, linked from report.html
+    assert 'src="plots/mvtec_image_auroc.svg"' in (tmp_path / "report.html").read_text()
     assert "runs/c/result.json" in md and "not a readable result file" in md
     assert len(board.runs) == 2
     assert (tmp_path / "leaderboard.csv").read_text().startswith("dataset,category,kind,")
@@ -105,8 +110,8 @@ def test_multi_seed_cells_show_mean_std_and_seed_count_in_markdown_and_csv(tmp_p
         record["_path"] = f"runs/{number}/result.json"
     board = build_leaderboard(results, paper={})
     md = to_markdown(board, source="runs/")
-    assert "| bottle | 0.700 ± 0.100 (3 seeds) | 0.500 ± 0.000 (3 seeds) |" in md
-    assert "| cable | 0.900 | 0.900 | 0.900 |" in md  # one seed: no ± and no count
+    assert "| bottle | 0.700 ± 0.100 (3 seeds) |" in md and "| bottle | 0.500 ± 0.000 (3 seeds) |" in md
+    assert "| cable | 0.900 |" in md and "| cable | 0.900 ±" not in md  # one seed: no ± and no count
     assert "| screw | 0.600 ± 0.141 (2 seeds, 1 failed) |" in md
     by_category = {r["category"]: r for r in csv.DictReader(io.StringIO(to_csv(board)))}
     assert (by_category["bottle"]["m/image_auroc"], by_category["bottle"]["m/image_auroc/std"],

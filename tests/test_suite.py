@@ -168,7 +168,7 @@ def test_failed_job_is_recorded_does_not_stop_the_suite_and_is_retried(tmp_path,
 
 def _write_rows(folder: str, writer: int, n_rows: int) -> None:
     """One concurrent writer: results plus a leaderboard rebuild after each, like parallel suite jobs."""
-    from anobench.results.leaderboard import write_leaderboard
+    from anobench.results.publish import write_leaderboard
     from anobench.results.record import write_result
 
     for row in range(n_rows):

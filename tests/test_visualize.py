@@ -22,7 +22,7 @@ from anobench.data.mvtec import index_category
 from anobench.data.synthetic import ensure_synthetic
 from anobench.errors import ConfigError
 from anobench.metrics import aupro, evaluate_category, pixel_auroc, trapezoid, upsample_map
-from anobench.results.leaderboard import write_leaderboard
+from anobench.results.publish import write_leaderboard
 from anobench.results.record import write_result
 from anobench.visualize import figures
 from anobench.visualize.figures import ColourScale, heatmap_rgba, panel_name, run_colour_scale, write_run_figures
@@ -309,3 +309,11 @@ def test_eval_keeps_the_runs_visualize_setting_unless_overridden():
         == {"enabled": True, "max_per_defect": 5}
     old_run = OmegaConf.create({"seed": 0})  # written before the visualize block existed: defaults apply
     assert eval_visualize_settings(old_run, OmegaConf.create({})) == {"enabled": None, "max_per_defect": None}
+
+
+def test_a_run_without_figures_says_why_and_how_to_draw_them(results_folder):
+    results, _ = results_folder
+    text = write_report(results).read_text()
+    assert "no figures in this run folder" not in text
+    assert "CC BY-NC-SA" in text and "anobench eval checkpoint=&lt;run dir&gt;/checkpoints/last.ckpt " \
+                                      "visualize.enabled=true" in text

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from anobench.io import atomic_write_text, folder_lock
+from anobench.io import atomic_write_text
 from anobench.results.record import METRIC_KEYS, RESULT_FILE, read_result
 
 METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO"}
@@ -224,6 +224,7 @@ def _cell_text(cell: Any) -> str:
 
 
 def _columns(board: Leaderboard) -> list[tuple]:
+    """The CSV's columns: per method and metric ours, then the paper's where a paper reports one."""
     cols: list[tuple] = []
     for method in board.methods:
         for metric in METRIC_KEYS:
@@ -233,9 +234,29 @@ def _columns(board: Leaderboard) -> list[tuple]:
     return cols
 
 
-def _header(col: tuple) -> str:
-    title = f"{col[0]} {METRIC_TITLES[col[1]]}"
-    return title + " (paper)" if len(col) == 3 else title
+def metric_cell_text(row: dict[str, Any], method: str, metric: str) -> str:
+    """One cell of a per-metric table: ours, then `(paper x)` when the paper reports a number there."""
+    text = _cell_text(row.get((method, metric)))
+    paper = row.get((method, metric, "paper"))
+    if paper is not None:
+        text = f"{text} (paper {_fmt(paper)})" if text else f"– (paper {_fmt(paper)})"
+    return text
+
+
+def metric_tables(board: Leaderboard, only: set[tuple] | None = None
+                  ) -> Iterable[tuple[str, str, list[str], list[tuple[dict[str, Any], list[str]]]]]:
+    """The papers' form: per dataset and metric, (dataset, metric, methods, [(row, cells)]) with categories
+    as rows (then the mean rows) and methods as columns. `only`: keep these (dataset, category) rows and
+    no mean row (a run's own rows, not a mean over categories it did not run)."""
+    for dataset in dict.fromkeys(r["dataset"] for r in board.rows):
+        rows = [r for r in board.rows if r["dataset"] == dataset
+                and (only is None or (r["kind"] != "mean" and (dataset, r["category"]) in only))]
+        if not rows:
+            continue
+        for metric in METRIC_KEYS:
+            methods = [m for m in board.methods if any(r.get((m, metric)) is not None for r in rows)]
+            if methods:
+                yield dataset, metric, methods, [(r, [metric_cell_text(r, m, metric) for m in methods]) for r in rows]
 
 
 def to_csv(board: Leaderboard) -> str:
@@ -272,8 +293,9 @@ def to_markdown(board: Leaderboard, source: str) -> str:
         f"Rebuilt from {len(board.runs)} result file(s) under `{source}` (next to this file) by anobench; "
         "do not edit by hand. Values are fractions; mean over seeds, `mean ± std (n seeds)` where there are "
         "several (sample std; CSV: `<method>/<metric>/std` and `/n_seeds` columns).",
-        "`(paper)` columns: the number the paper reports (anobench/results/paper_numbers.yaml, with sources); "
-        "Patch SVDD's paper measures pixel AUROC at 256×256, ours at ground-truth resolution.",
+        "One table per metric (categories as rows, methods as columns); `ours (paper x)`: x is the number the "
+        "paper reports (anobench/results/paper_numbers.yaml, with sources); Patch SVDD's paper measures pixel "
+        "AUROC at 256×256, ours at ground-truth resolution. Per-metric plots: [report.html](report.html).",
         "† = not trained with the paper's budget (smoke or reduced run): **not a paper reproduction**.",
         "`[semi-supervised: …]` columns learned from labelled defect images (test_split: a few test images, "
         "left out of that method's evaluation; synthetic: generator defects only) — not comparable with the "
@@ -283,12 +305,11 @@ def to_markdown(board: Leaderboard, source: str) -> str:
         "Heatmaps, curves and the provenance of every number: [report.html](report.html) (`anobench report`).",
         "",
     ]
-    for dataset in dict.fromkeys(r["dataset"] for r in board.rows):
-        lines += [f"## {dataset}", "", "| category | " + " | ".join(_header(c) for c in cols) + " |",
-                  "|---|" + "---:|" * len(cols)]
-        for row in (r for r in board.rows if r["dataset"] == dataset):
+    for dataset, metric, methods, rows in metric_tables(board):
+        lines += [f"## {dataset}: {METRIC_TITLES[metric]}", "", "| category | " + " | ".join(methods) + " |",
+                  "|---|" + "---:|" * len(methods)]
+        for row, cells in rows:
             name = f"**{row['category']}**" if row["kind"] == "mean" else row["category"]
-            cells = [_fmt(row.get(c)) if len(c) == 3 else _cell_text(row.get(c)) for c in cols]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Runs", "", "| method | dataset | category | seed | status | budget | steps | device | git sha | finished | result |",
@@ -306,51 +327,112 @@ def to_markdown(board: Leaderboard, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(results_dir: str | Path) -> Leaderboard:
-    """Rebuild results_dir/leaderboard.{md,csv} from results_dir/runs/**/result.json, atomically and
-    under a lock (parallel sweep jobs may rebuild at the same time)."""
-    results_dir = Path(results_dir)
-    with folder_lock(results_dir, ".leaderboard.lock"):
-        results, warnings = collect_results(results_dir)
-        for record in results:
-            record["_rel_path"] = str(Path(record["_path"]).relative_to(results_dir))
-        board = build_leaderboard(results, warnings=warnings)
-        atomic_write_text(results_dir / "leaderboard.csv", to_csv(board))
-        atomic_write_text(results_dir / "leaderboard.md", to_markdown(board, source="runs/"))
-        _write_report_beside(results_dir, results, warnings, board)
+def write_tables(results_dir: Path, results: list[dict[str, Any]], warnings: list[str]) -> Leaderboard:
+    """Write results_dir/leaderboard.{md,csv} (atomically) from result records read from results_dir;
+    `anobench.results.publish.write_leaderboard` takes the lock and adds report.html."""
+    for record in results:
+        record["_rel_path"] = str(Path(record["_path"]).relative_to(results_dir))
+    board = build_leaderboard(results, warnings=warnings)
+    atomic_write_text(results_dir / "leaderboard.csv", to_csv(board))
+    atomic_write_text(results_dir / "leaderboard.md", to_markdown(board, source="runs/"))
     return board
 
 
-def _write_report_beside(results_dir: Path, results: list[dict[str, Any]], warnings: list[str],
-                         board: Leaderboard) -> None:
-    """Keep report.html (linked from leaderboard.md) in step with the tables; a page problem is only a warning."""
-    try:
-        from anobench.visualize.report import write_report
-
-        write_report(results_dir, results=results, warnings=warnings, board=board)
-    except Exception as error:  # noqa: BLE001 - the tables are written; the page is a convenience
-        print(f"warning: could not write {results_dir / 'report.html'}: {type(error).__name__}: {error}")
-
-
 def print_leaderboard(board: Leaderboard, only: set[tuple] | None = None) -> None:
-    """A rich table of the leaderboard (optionally only the rows of `only` (dataset, category) keys)."""
+    """Rich tables, one per dataset and metric (optionally only the rows of `only` (dataset, category)
+    keys, without mean rows: a run's own result, not a mean over categories it did not run)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="anobench leaderboard († = not the paper's budget)")
-    table.add_column("dataset")
-    table.add_column("category")
-    for method in board.methods:
-        for metric in METRIC_KEYS:
-            table.add_column(f"{method}\n{METRIC_TITLES[metric]}", justify="right")
-    for row in board.rows:
-        if only is not None and row["kind"] != "mean" and (row["dataset"], row["category"]) not in only:
-            continue
-        if only is not None and row["kind"] == "mean" and row["dataset"] not in {d for d, _ in only}:
-            continue
-        table.add_row(row["dataset"], row["category"],
-                      *[_cell_text(row.get((m, k))) for m in board.methods for k in METRIC_KEYS],
-                      end_section=row["kind"] == "mean" and row["category"] == MEAN_ROWS[0])
-    Console().print(table)
+    console = Console()
+    for dataset, metric, methods, rows in metric_tables(board, only=only):
+        table = Table(title=f"{dataset}: {METRIC_TITLES[metric]} († = not the paper's budget)")
+        table.add_column("category")
+        for method in methods:
+            table.add_column(method, justify="right")
+        for index, (row, cells) in enumerate(rows):
+            following = rows[index + 1][0] if index + 1 < len(rows) else None
+            table.add_row(row["category"], *cells,
+                          end_section=row["kind"] != "mean" and following is not None and following["kind"] == "mean")
+        console.print(table)
     for warning in board.warnings:
         Console(stderr=True).print(f"[yellow]skipped:[/] {warning}")
+
+
+def to_html(board: Leaderboard, row_link: Any = None, plots: dict[tuple[str, str], str] | None = None) -> str:
+    """The same per-metric tables as leaderboard.md, as HTML (for report.html); `row_link(dataset, category)`
+    gives a category's in-page anchor; `plots[(dataset, metric)]` a relative link to that metric's plot."""
+    import html
+
+    if not board.rows:
+        return "<p>No results at ground-truth resolution yet.</p>"
+    parts = []
+    for dataset, metric, methods, rows in metric_tables(board):
+        head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+        parts.append(f"<h3>{html.escape(dataset)}: {METRIC_TITLES[metric]}</h3>")
+        parts.append(f"<table><tr><th class=name>category</th>{head}</tr>")
+        for row, cells in rows:
+            tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+            name = html.escape(row["category"])
+            if row["kind"] == "mean":
+                parts.append(f"<tr class=mean><td class=name>{name}</td>{tds}</tr>")
+            else:
+                if row_link is not None:
+                    name = f"<a href=\"#{row_link(dataset, row['category'])}\">{name}</a>"
+                parts.append(f"<tr><td class=name>{name}</td>{tds}</tr>")
+        parts.append("</table>")
+        plot = (plots or {}).get((dataset, metric))
+        if plot:
+            parts.append(f"<p><img class=plot src=\"{plot}\" alt=\"{html.escape(dataset)} "
+                         f"{METRIC_TITLES[metric]} per category and method\"></p>")
+    return "\n".join(parts)
+
+
+PLOTS_DIR = "plots"
+
+
+def write_metric_plots(board: Leaderboard, folder: Path) -> dict[tuple[str, str], Path]:
+    """One SVG per dataset and metric under folder/plots/: ours per category (bars, one per method) and the
+    paper's number (black ticks) where a paper reports one. Deterministic (fixed hash salt, no date)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: dict[tuple[str, str], Path] = {}
+    for dataset, metric, methods, rows in metric_tables(board):
+        body = [row for row, _ in rows if row["kind"] != "mean"] + [row for row, _ in rows if row["category"] == "Mean"]
+        width = 0.8 / max(len(methods), 1)
+        with plt.rc_context({"svg.hashsalt": "anobench", "font.size": 8}):
+            fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(body) * max(1, len(methods)) ** 0.5 + 2), 3.0))
+            for j, method in enumerate(methods):
+                xs, ys, paper_xs, paper_ys = [], [], [], []
+                for i, row in enumerate(body):
+                    cell = row.get((method, metric))
+                    value = cell.get("mean") if isinstance(cell, dict) else (cell.mean if cell is not None else None)
+                    x = i - 0.4 + width * (j + 0.5)
+                    if value is not None:
+                        xs.append(x)
+                        ys.append(value)
+                    if row.get((method, metric, "paper")) is not None:
+                        paper_xs.append(x)
+                        paper_ys.append(row[(method, metric, "paper")])
+                ax.bar(xs, ys, width=width * 0.9, label=method)
+                if paper_xs:
+                    ax.scatter(paper_xs, paper_ys, marker="_", s=120, color="black", zorder=3,
+                               label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
+            ax.set_xticks(range(len(body)), [r["category"] for r in body], rotation=45, ha="right")
+            ax.set_ylim(0.0, 1.02)
+            ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
+            ax.set_ylabel(METRIC_TITLES[metric])
+            ax.set_title(f"{dataset}: {METRIC_TITLES[metric]} († runs are not the paper's budget)")
+            ax.legend(fontsize=6, loc="lower right")
+            fig.tight_layout()
+            buffer = io.StringIO()
+            fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+            plt.close(fig)
+        path = folder / PLOTS_DIR / f"{dataset}_{metric}.svg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, buffer.getvalue())
+        written[(dataset, metric)] = path
+    return written

@@ -209,7 +209,7 @@ def run_suite(suite: DictConfig, results_dir: str | Path, extra_overrides: Seque
     `launcher`: Hydra overrides choosing and configuring the launcher (hydra/launcher=..., hydra.launcher.*);
     `n_jobs` > 1 is shorthand for joblib with that many workers.
     """
-    from anobench.results.leaderboard import write_leaderboard
+    from anobench.results.publish import write_leaderboard
     from anobench.io import folder_lock
     from anobench.tasks.launch import WORKERS_LOCK, launch, launcher_overrides
 
@@ -244,7 +244,8 @@ def run_suite(suite: DictConfig, results_dir: str | Path, extra_overrides: Seque
 def bench_command(args: Sequence[str]) -> int:
     """anobench bench suite=<name> [results_dir=DIR] [n_jobs=N | hydra/launcher=X hydra.launcher.k=v]
     [dry_run=true] [suite keys] [train overrides]"""
-    from anobench.results.leaderboard import print_leaderboard, write_leaderboard
+    from anobench.results.leaderboard import print_leaderboard
+    from anobench.results.publish import write_leaderboard
 
     control: dict[str, str] = {}
     rest = []

@@ -16,8 +16,9 @@ from typing import Any, Callable, Iterator
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from anobench.quiet import quiet_third_party
 from anobench.results.identity import config_hash
-from anobench.results.leaderboard import write_leaderboard
+from anobench.results.publish import write_leaderboard
 from anobench.results.record import (
     device_info, failure_info, git_sha, library_versions, now_iso, peak_memory, write_result,
 )
@@ -57,6 +58,7 @@ def build_trainer(trainer_cfg: DictConfig, run_dir: Path, **overrides: Any) -> L
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import CSVLogger
 
+    quiet_third_party()
     kwargs = OmegaConf.to_container(trainer_cfg, resolve=True)
     kwargs.pop("name", None)
     kwargs.setdefault("logger", CSVLogger(save_dir=str(run_dir), name="logs", version=""))
@@ -69,6 +71,7 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any]:
     """Seed, then build the datamodule and the method (with its evaluation settings) from a run config."""
     from hydra.utils import instantiate
 
+    quiet_third_party()
     if cfg.get("torch_threads"):
         import torch
 
@@ -200,7 +203,7 @@ def fit_as_worker(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg.trainer, run_dir_from_hydra())
     trainer.fit(module, datamodule=datamodule)
     if cfg.get("save_checkpoint", True):
-        trainer.save_checkpoint(run_dir_from_hydra() / "checkpoints" / "last.ckpt")  # rank 0 writes it
+        trainer.save_checkpoint(run_dir_from_hydra() / "checkpoints" / "last.ckpt", weights_only=False)  # rank 0 writes it
     return {"status": "worker", "rank": trainer.global_rank}
 
 
@@ -248,7 +251,7 @@ def train_and_record(cfg: DictConfig) -> dict[str, Any]:
         timings["train_s"] = time.perf_counter() - start
         record["budget"] = budget_of(cfg, trainer)
         if cfg.get("save_checkpoint", True):
-            trainer.save_checkpoint(checkpoint)
+            trainer.save_checkpoint(checkpoint, weights_only=False)  # the full state; said, so Lightning says nothing
             record["checkpoint"] = str(checkpoint)
         run_test_and_record(single_process_trainer(trainer, cfg, run_dir), module, datamodule, record, cfg, run_dir,
                             timings)

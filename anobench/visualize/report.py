@@ -18,9 +18,7 @@ from urllib.parse import quote
 import yaml
 
 from anobench.io import atomic_write_text
-from anobench.results.leaderboard import (
-    Leaderboard, _cell_text, _columns, _fmt, _header, build_leaderboard, collect_results,
-)
+from anobench.results.leaderboard import Leaderboard, _fmt, build_leaderboard, collect_results, to_html, write_metric_plots
 from anobench.results.record import METRIC_KEYS, now_iso
 from anobench.visualize.figures import CURVES_FILE, FIGURES_DIR, MANIFEST_FILE, PANELS_DIR
 
@@ -40,6 +38,7 @@ tr.mean td { font-weight: bold; background: #fafafa; }
 .thumbs { display: flex; flex-wrap: wrap; gap: 0.5em; }
 .thumbs figure { margin: 0; font-size: 0.75em; text-align: center; }
 .thumbs img { width: 420px; border: 1px solid #ccc; } img.curves { width: 620px; border: 1px solid #ccc; }
+img.plot { max-width: 100%; }
 pre { background: #f7f7f7; padding: 0.6em; font-size: 0.8em; max-height: 30em; overflow: auto; }
 .note { color: #666; font-size: 0.85em; }
 """
@@ -74,23 +73,19 @@ def run_figures(run_dir: Path) -> tuple[list[dict[str, Any]], Path | None, dict[
     return panels, (curves if curves.is_file() else None), manifest
 
 
-def _leaderboard_html(board: Leaderboard) -> str:
-    if not board.rows:
-        return "<p>No results at ground-truth resolution yet.</p>"
-    cols = _columns(board)
-    parts = []
-    for dataset in dict.fromkeys(r["dataset"] for r in board.rows):
-        head = "".join(f"<th>{_e(_header(c))}</th>" for c in cols)
-        parts.append(f"<h3>{_e(dataset)}</h3><table><tr><th class=name>category</th>{head}</tr>")
-        for row in (r for r in board.rows if r["dataset"] == dataset):
-            cells = "".join(f"<td>{_e(_fmt(row.get(c)) if len(c) == 3 else _cell_text(row.get(c)))}</td>" for c in cols)
-            if row["kind"] == "mean":
-                parts.append(f"<tr class=mean><td class=name>{_e(row['category'])}</td>{cells}</tr>")
-            else:
-                link = f"<a href=\"#{_anchor(dataset, row['category'])}\">{_e(row['category'])}</a>"
-                parts.append(f"<tr><td class=name>{link}</td>{cells}</tr>")
-        parts.append("</table>")
-    return "\n".join(parts)
+def _leaderboard_html(board: Leaderboard, base: Path) -> str:
+    """The per-metric tables (results/leaderboard.py writes them, as for leaderboard.md) and a plot per metric."""
+    plots = {key: _href(path, base) for key, path in write_metric_plots(board, base).items()}
+    return to_html(board, row_link=_anchor, plots=plots)
+
+
+# Why a run folder has no pictures, where the record does not say: committed folders never hold them.
+NO_FIGURES_NOTE = (
+    "No figures in this run folder. The panels show dataset images, and MVTec AD is licensed CC BY-NC-SA 4.0, "
+    "so figures are never committed to the repository. Regenerate them from the run's checkpoint: "
+    "<code>anobench eval checkpoint=&lt;run dir&gt;/checkpoints/last.ckpt visualize.enabled=true</code> "
+    "(or train with <code>visualize.enabled=true</code>)."
+)
 
 
 def _provenance_html(record: dict[str, Any], result_path: Path, base: Path) -> str:
@@ -149,9 +144,14 @@ def _run_html(record: dict[str, Any], base: Path) -> str:
         parts.append("</div>")
     if curves is None and not panels:
         figures = record.get("figures") or {}
-        why = figures.get("error") or ("figures off for this run (visualize.enabled=false, or trainer=smoke)"
-                                       if figures.get("enabled") is False else "no figures in this run folder")
-        parts.append(f"<p class=note>{_e(why)}</p>")
+        if figures.get("error"):
+            parts.append(f"<p class=note>{_e(figures['error'])}</p>")
+        elif figures.get("enabled") is False:
+            parts.append("<p class=note>figures off for this run (visualize.enabled=false, or trainer=smoke); "
+                         "draw them with <code>anobench eval checkpoint=&lt;run dir&gt;/checkpoints/last.ckpt "
+                         "visualize.enabled=true</code></p>")
+        else:
+            parts.append(f"<p class=note>{NO_FIGURES_NOTE}</p>")
     parts.append(_provenance_html(record, result_path, base))
     parts.append("</div>")
     return "\n".join(parts)
@@ -172,7 +172,7 @@ def render_report(results: list[dict[str, Any]], base: Path, warnings: list[str]
         f"<p class=note>{len(results)} run(s) under <code>runs/</code>, written {_e(now_iso())} by "
         "<code>anobench report</code>; do not edit by hand. † = not the paper's budget (not a reproduction). "
         "The leaderboard keeps the latest result per seed at ground-truth resolution; every run is listed below it.</p>",
-        "<h2>Leaderboard</h2>", _leaderboard_html(board),
+        "<h2>Leaderboard</h2>", _leaderboard_html(board, base),
         "<h2>Runs by category</h2>",
     ]
     if by_category:

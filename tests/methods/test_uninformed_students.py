@@ -343,7 +343,7 @@ def test_leaderboard_shows_the_paper_pro_beside_ours():
     assert rows["Mean"][("uninformed_students", "pro", "paper")] == pytest.approx((0.695 + 0.933) / 2)
     assert rows["carpet"][("uninformed_students", "image_auroc", "paper")] is None  # the paper reports PRO only
     markdown = to_markdown(board, source="runs/")
-    assert "uninformed_students PRO (paper)" in markdown and "| carpet |" in markdown and "0.695" in markdown
+    assert "## mvtec: PRO" in markdown and "| carpet | 0.700 (paper 0.695) |" in markdown
 
 
 # --- end to end on synthetic data (Lightning fit + test + evaluator) ----------------------------------------
