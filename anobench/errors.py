@@ -15,3 +15,7 @@ class ConfigError(AnobenchError):
 
 class WeightsNotFoundError(AnobenchError):
     """Pretrained weights were requested but are not available offline."""
+
+
+class DataWarning(UserWarning):
+    """A dataset oddity that does not stop a run (e.g. a mask with no image)."""

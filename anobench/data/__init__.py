@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "AnomalyDataModule": "anobench.data.datamodule",
     "index_category": "anobench.data.mvtec",
+    "check_decodable": "anobench.data.mvtec",
     "resolve_root": "anobench.data.mvtec",
     "load_image": "anobench.data.mvtec",
     "load_mask": "anobench.data.mvtec",
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
         MVTEC_TEXTURES,
         CategoryIndex,
         Sample,
+        check_decodable,
         index_category,
         load_image,
         load_mask,

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from anobench.data.mvtec import CategoryIndex, Sample, image_size, index_category, load_image, load_mask, resolve_root
+from anobench.data.mvtec import CategoryIndex, Sample, check_decodable, image_size, index_category, load_image, load_mask, resolve_root
 from anobench.data.synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic
 from anobench.errors import ConfigError
 
@@ -194,7 +194,9 @@ class AnomalyDataModule(L.LightningDataModule):
         root = self._root()
         if self.dataset == "synthetic":
             ensure_synthetic(root, self.category, **self.synthetic)
-        self.index = index_category(root, self.category)
+        index = index_category(root, self.category)
+        check_decodable(index)
+        self.index = index
 
     def _require_index(self) -> CategoryIndex:
         if self.index is None:

@@ -14,13 +14,14 @@ Masks without a matching test image are ignored (consistently, never an error).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anobench.errors import DataError
+from anobench.errors import DataError, DataWarning
 
 __all__ = [
     "MVTEC_CATEGORIES",
@@ -181,8 +182,52 @@ def index_category(root: str | Path, category: str) -> CategoryIndex:
             test.append(Sample(image_path, mask_path, 1, defect))
     if not test:
         raise DataError(f"test folder {test_dir} has no images; expected test/good/*.png and test/<defect>/*.png")
+    if not any(s.label == 0 for s in test):
+        raise DataError(
+            f"test folder {test_dir} has no good images; expected {test_dir / GOOD}/*.png (image AUROC needs both "
+            "good and defective test images)"
+        )
+    if not any(s.label == 1 for s in test):
+        raise DataError(
+            f"test folder {test_dir} has no defective images; expected test/<defect>/*.png beside test/good "
+            "(image AUROC, pixel AUROC and PRO need defects)"
+        )
+    _warn_orphan_masks(folder / "ground_truth", {s.mask_path for s in test if s.mask_path is not None})
     test.sort(key=lambda s: (s.defect_type, s.image_path.name))
     return CategoryIndex(root=root, category=category, train=train, test=test)
+
+
+def _warn_orphan_masks(gt_root: Path, used: set[Path]) -> None:
+    """A mask whose image is missing is probably a dataset copy error: say so instead of ignoring it."""
+    if not gt_root.is_dir():
+        return
+    orphans = [m for d in _subdirs(gt_root) for m in _images_in(d) if m not in used]
+    if orphans:
+        shown = ", ".join(str(p) for p in orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+        warnings.warn(
+            f"{len(orphans)} mask(s) under {gt_root} have no test image and are ignored: {shown}; expected "
+            "ground_truth/<defect>/<name>_mask.png beside test/<defect>/<name>.png",
+            DataWarning,
+            stacklevel=3,
+        )
+
+
+def check_decodable(index: CategoryIndex) -> None:
+    """Verify every image and mask of a category before training starts, so a corrupt test file does not
+    surface only after a (possibly long) training run. PIL's verify() checks the file's structure and
+    checksums without decoding pixels (about a millisecond per MVTec image)."""
+    paths = [s.image_path for s in index.train + index.test] + [s.mask_path for s in index.test if s.mask_path]
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except FileNotFoundError:
+            raise DataError(f"file {path} does not exist (it was listed when the category was indexed)") from None
+        except Exception as exc:  # PIL raises many types for corrupt files (OSError, SyntaxError, struct.error...)
+            raise DataError(
+                f"cannot read {path}: {exc}; the file is corrupt or not an image (expected PNG/JPEG/BMP) - "
+                "re-download the dataset or remove the file. Checked before training, nothing was trained."
+            ) from None
 
 
 # --------------------------------------------------------------------------------------------

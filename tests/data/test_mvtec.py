@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +17,13 @@ from anobench.data import (
     MVTEC_TEXTURES,
     CategoryIndex,
     Sample,
+    check_decodable,
     index_category,
     load_image,
     load_mask,
     resolve_root,
 )
-from anobench.errors import AnobenchError, DataError
+from anobench.errors import AnobenchError, DataError, DataWarning
 
 
 def _png(path: Path, size: tuple[int, int] = (20, 16), mode: str = "RGB", value: int = 120) -> Path:
@@ -133,11 +136,60 @@ def test_defective_image_without_mask_names_both_paths(tmp_path: Path) -> None:
     assert str(folder / "ground_truth" / "scratch" / "002_mask.png") in message
 
 
-def test_mask_without_image_is_ignored(tmp_path: Path) -> None:
+def test_mask_without_image_is_ignored_with_a_warning_naming_it(tmp_path: Path) -> None:
     folder = make_tree(tmp_path)
-    _mask(folder / "ground_truth" / "scratch" / "007_mask.png")
-    index = index_category(tmp_path, "widget")
+    orphan = _mask(folder / "ground_truth" / "scratch" / "007_mask.png")
+    with pytest.warns(DataWarning, match=str(orphan)):
+        index = index_category(tmp_path, "widget")
     assert len(index.test) == 5
+
+
+def test_a_complete_tree_indexes_without_warnings(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        index_category(tmp_path, "widget")
+
+
+def test_test_split_without_good_images_is_an_error(tmp_path: Path) -> None:
+    folder = make_tree(tmp_path)
+    shutil.rmtree(folder / "test" / "good")
+    with pytest.raises(DataError, match=r"test folder .*widget/test has no good images"):
+        index_category(tmp_path, "widget")
+
+
+def test_test_split_without_defects_is_an_error(tmp_path: Path) -> None:
+    folder = make_tree(tmp_path)
+    for defect in ("scratch", "dent"):
+        shutil.rmtree(folder / "test" / defect)
+    shutil.rmtree(folder / "ground_truth")
+    with pytest.raises(DataError, match=r"test folder .*widget/test has no defective images"):
+        index_category(tmp_path, "widget")
+
+
+@pytest.mark.parametrize("victim", ["test/good/001.png", "ground_truth/dent/000_mask.png", "train/good/002.png"])
+def test_every_image_and_mask_is_verified_before_training(tmp_path: Path, victim: str) -> None:
+    """A truncated file anywhere in the category is found by check_decodable (which the datamodule runs in
+    setup, before any training step), and the error names it."""
+    folder = make_tree(tmp_path)
+    index = index_category(tmp_path, "widget")
+    check_decodable(index)  # the intact tree passes
+    path = folder / victim
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=f"cannot read {path}.*nothing was trained"):
+        check_decodable(index)
+
+
+def test_datamodule_setup_checks_every_file_before_training(tmp_path: Path) -> None:
+    from anobench.data.datamodule import AnomalyDataModule
+
+    folder = make_tree(tmp_path)
+    bad = folder / "test" / "scratch" / "001.png"
+    bad.write_bytes(b"not a png at all")
+    module = AnomalyDataModule(dataset="mvtec", root=str(tmp_path), category="widget", image_size=16)
+    with pytest.raises(DataError, match=str(bad)):
+        module.setup("fit")
 
 
 def test_mask_size_mismatch_names_both_files_and_sizes(tmp_path: Path) -> None:
@@ -199,6 +251,8 @@ def test_grayscale_and_rgba_categories_index_and_load(tmp_path: Path) -> None:
     _png(folder / "train" / "good" / "000.png", mode="L")
     Image.new("RGBA", (20, 16), (10, 200, 30, 128)).save(folder / "train" / "good" / "001.png")
     _png(folder / "test" / "good" / "000.png", mode="L")
+    _png(folder / "test" / "dent" / "000.png", mode="L")
+    _mask(folder / "ground_truth" / "dent" / "000_mask.png")
     index = index_category(tmp_path, "screwish")
     for sample in index.train + index.test:
         assert np.asarray(load_image(sample.image_path)).shape == (16, 20, 3)
