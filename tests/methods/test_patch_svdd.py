@@ -341,3 +341,84 @@ def test_model_nn_search_modes_agree_and_are_recorded(search):
     info = module.extra_test_results()["nearest_neighbour"]
     assert info["search"] == search and info["approximate"] == (search == "ivf")
     assert info["bank_rows"] == {"k64": 2 * 13 * 13, "k32": 2 * 57 * 57}
+
+
+# --- mutation guards (issue 15 item 4): each test fails if that part of the method is removed -------
+def _fitted_model(seed: int = 0, offset: float = 0.0):
+    torch.manual_seed(seed)
+    model = PatchSVDDModel().eval()
+    _randomize(model)
+    gen = torch.Generator().manual_seed(seed + 1)
+    train = torch.rand(2, 3, 256, 256, generator=gen) * 0.5 + offset
+    test = torch.rand(1, 3, 256, 256, generator=gen) * 0.5 + offset
+    model.fit_mean([train])
+    model.fit_bank([train])
+    return model, test
+
+
+def test_maps_are_fused_by_product_not_sum():
+    """Official 'mult' fusion: map = M64 ⊙ M32, recomputed here from the patch scores."""
+    model, test = _fitted_model()
+    s64, s32 = model.patch_scores(test)
+    m64 = distribute_scores(s64, (256, 256), 64, 16)
+    m32 = distribute_scores(s32, (256, 256), 32, 4)
+    out = model(test)
+    torch.testing.assert_close(out.anomaly_map, m64 * m32)
+    assert not torch.allclose(out.anomaly_map, m64 + m32, atol=1e-3)
+    torch.testing.assert_close(out.pred_score, (m64 * m32).flatten(1).amax(dim=1))
+
+
+def test_mean_normalisation_makes_scores_invariant_to_a_brightness_offset():
+    """x − mean(train): shifting train and test images by the same constant changes nothing.
+
+    Without the normalisation the (non-linear) encoder sees different inputs and the map changes.
+    """
+    model, test = _fitted_model(offset=0.0)
+    shifted, test_shifted = _fitted_model(offset=0.4)
+    torch.testing.assert_close(test_shifted, test + 0.4)
+    torch.testing.assert_close(shifted(test_shifted).anomaly_map, model(test).anomaly_map, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.normalize(test), test - model.mean_image)
+    # training sees normalised patches too: the same draws give the same losses on shifted images
+    module = PatchSVDD()
+    _randomize(module)
+    images = torch.rand(4, 3, 256, 256, generator=torch.Generator().manual_seed(5)) * 0.5
+    module.model.fit_mean([images])
+    torch.manual_seed(7)
+    plain = module.compute_losses(images)
+    module.model.fit_mean([images + 0.4])
+    torch.manual_seed(7)
+    moved = module.compute_losses(images + 0.4)
+    for key in ("loss", "loss_pos_64", "loss_svdd_64", "loss_svdd_32"):
+        torch.testing.assert_close(moved[key], plain[key], atol=1e-5, rtol=1e-4)
+
+
+def test_svdd_term_is_in_the_loss_and_measures_pair_distance():
+    """L = L_pos,64 + L_pos,32 + λ (L_svdd,64 + L_svdd,32), with the SVDD' terms > 0 and trained."""
+    module = PatchSVDD(lambda_svdd=0.5)
+    _randomize(module)
+    images = torch.rand(4, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    module.model.fit_mean([images * 0.5])
+    torch.manual_seed(11)
+    out = module.compute_losses(images)
+    svdd = out["loss_svdd_64"] + out["loss_svdd_32"]
+    assert out["loss_svdd_64"].item() > 1e-3 and out["loss_svdd_32"].item() > 1e-3
+    torch.testing.assert_close(out["loss"], out["loss_pos_64"] + out["loss_pos_32"] + 0.5 * svdd)
+    module.lambda_svdd = 0.0
+    torch.manual_seed(11)
+    without = module.compute_losses(images)
+    torch.testing.assert_close(out["loss"] - without["loss"], 0.5 * svdd)
+    # a constant image: every patch equals its jittered copy, so the SVDD' distance is exactly 0
+    flat_images = torch.full_like(images, 0.3)
+    flat_images[:, 0] = 0.7
+    module.model.fit_mean([flat_images * 0.5])  # x − mean is still constant per channel
+    torch.manual_seed(11)
+    flat = module.compute_losses(flat_images)
+    assert flat["loss_svdd_64"].item() < 1e-6 and flat["loss_svdd_32"].item() < 1e-6
+    # the term has a gradient into the shared small encoder
+    module.lambda_svdd = 1.0
+    module.model.fit_mean([images * 0.5])
+    torch.manual_seed(11)
+    module.zero_grad()
+    only_svdd = module.compute_losses(images)
+    (only_svdd["loss_svdd_64"] + only_svdd["loss_svdd_32"]).backward()
+    assert module.model.encoder_small.convs[0].weight.grad.abs().sum() > 0
