@@ -5,7 +5,6 @@ from anobench.methods.uninformed_students.teacher import BackboneSpec, TeacherCo
 from anobench.methods.uninformed_students.torch_model import (
     PatchNet,
     StudentTeacherModel,
-    pad_images,
     predictive_variance,
     regression_error,
 )
@@ -17,7 +16,6 @@ __all__ = [
     "TeacherConfig",
     "UninformedStudents",
     "predictive_variance",
-    "pad_images",
     "prepare_teachers",
     "regression_error",
 ]
