@@ -8,7 +8,7 @@ the official MVTec AD, the synthetic categories and user datasets in the same la
     <root>/<category>/test/<good|defect>/*.png
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png
 
-Masks without a matching test image are ignored (consistently, never an error).
+Masks without a matching test image are ignored with a DataWarning naming them (never an error).
 """
 
 from __future__ import annotations
