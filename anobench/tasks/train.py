@@ -92,6 +92,10 @@ def base_record(cfg: DictConfig, task: str) -> dict[str, Any]:
         "dataset": cfg.data.dataset,
         "category": cfg.data.category,
         "seed": cfg.seed,
+        # the pretrained network the method builds on (methods that use none: "none"); methods may
+        # default to a backbone other than the paper's (see each README), so it is recorded up front
+        "backbone": {"name": cfg.backbone.get("name"), "arch": cfg.backbone.get("arch"),
+                     "pretrained": bool(cfg.backbone.get("pretrained"))} if cfg.get("backbone") else None,
         "status": "running",
         "started_at": now_iso(),
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -268,3 +268,25 @@ def test_gradcon_reconstruction_map_learns_to_localise(tmp_path):
     metrics = module.test_results["metrics"]
     assert metrics["pixel_auroc"] >= 0.60, metrics
     assert module.reconstruction_drop >= 2.0, module.reconstruction_drop
+
+
+def test_result_records_each_score_part_with_its_own_image_auroc():
+    """evaluation.score_parts: the MSE and the −cos term evaluated alone (README "Score parts")."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    module = GradCon(channels=(4, 4, 4, 4), score_grad_weight=0.12)
+    labels = [0, 0, 1, 1]
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(
+        test_samples=[SimpleNamespace(label=label) for label in labels]))
+    mse = np.array([0.01, 0.02, 0.03, 0.04])  # separates perfectly
+    cos = np.array([0.1, 0.2, 0.3, 0.4])      # −cos ranks the anomalies lowest
+    parts = np.stack([mse, cos], axis=1)
+    scores = mse - 0.12 * cos
+    np.testing.assert_array_equal(module.finalize_test_scores(scores, parts), scores)
+    recorded = module.extra_test_results()["score_parts"]
+    assert recorded["reconstruction_mse"]["image_auroc"] == 1.0
+    assert recorded["gradient_neg_cos"]["image_auroc"] == 0.0
+    assert recorded["score_grad_weight"] == 0.12
+    assert recorded["gradient_neg_cos"]["weighted_std"] == pytest.approx(0.12 * cos.std())

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anobench.methods.memae import MemAE, MemAEModel, MemoryModule, addressing_entropy, hard_shrink_relu
+from anobench.methods.memae import MemAE, MemAEModel, MemoryModule, addressing_entropy, dead_fraction, hard_shrink_relu
 from fitting import fit_and_test
 
 
@@ -66,6 +66,37 @@ def test_eval_output_map_is_residual_norm_and_score_is_its_mean():
     torch.testing.assert_close(out.pred_score, out.anomaly_map.mean(dim=(1, 2)))
 
 
+def test_decoder_reads_only_the_memory():
+    """A one-item memory: every position reads that item, so every input decodes to the same image.
+
+    Fails if the decoder sees the encoder's code instead of the read-out (memory bypassed).
+    """
+    torch.manual_seed(0)
+    model = MemAEModel(channels=(8, 16), memory_size=1).eval()
+    with torch.no_grad():
+        _, recon, weights = model.reconstruct(torch.rand(3, 3, 32, 32))
+        torch.testing.assert_close(weights, torch.ones_like(weights))
+        torch.testing.assert_close(recon, recon[:1].expand_as(recon))
+        before = recon.clone()
+        model.memory.items.mul_(-3.0)  # other memory contents, same input: another output
+        _, after, _ = model.reconstruct(torch.rand(3, 3, 32, 32))
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_default_shrink_threshold_leaves_no_position_reading_zeros():
+    """λ = 1/N (default): no position can lose all its weights; the official 5/N kills most at init."""
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 64, 64)
+    module = MemAE(channels=(16, 32, 64, 64))
+    assert module.model.memory.shrink_threshold == pytest.approx(1 / module.hparams.memory_size)
+    with torch.no_grad():
+        _, _, weights = module.model.reconstruct(images)
+        assert dead_fraction(weights).item() == 0.0
+        module.model.memory.shrink_threshold = 5 / module.hparams.memory_size
+        _, recon, weights = module.model.reconstruct(images)
+    assert dead_fraction(weights).item() > 0.5  # the read-out is 0 there: the decoder decodes zeros
+
+
 def test_image_size_not_divisible_is_refused():
     with pytest.raises(ValueError, match="divisible by 4"):
         MemAEModel(channels=(8, 16)).eval()(torch.rand(1, 3, 30, 30))
@@ -80,9 +111,11 @@ def test_memae_learns_on_synthetic(tmp_path):
     (The map's max scores 0.34–0.41 here: the tablet outline's pose varies, so the largest residual is
     on the outline, not the defect — why the paper's mean is the score.)
     """
-    module, _, _ = fit_and_test(
+    module, trainer, _ = fit_and_test(
         lambda: MemAE(channels=(32, 64, 128, 128), optimizer=lambda p: torch.optim.Adam(p, lr=1e-3)),
         tmp_path, "tablet", image_size=128, max_steps=150, seed=0)
     metrics = module.test_results["metrics"]
     assert metrics["image_auroc"] >= 0.62, metrics
     assert metrics["pixel_auroc"] >= 0.84, metrics
+    # the addressing stayed live: (almost) every position of the last training batch read some memory item
+    assert trainer.callback_metrics["train/dead_positions"].item() <= 0.02

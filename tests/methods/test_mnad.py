@@ -121,3 +121,20 @@ def test_mnad_learns_on_synthetic(tmp_path):
     metrics = module.test_results["metrics"]
     assert metrics["image_auroc"] >= 0.62, metrics
     assert metrics["pixel_auroc"] >= 0.78, metrics
+
+
+def test_prepare_inference_measures_scales_with_the_trained_memory():
+    """The map-term scales come from the trained memory, whatever a previous test run left in test_memory."""
+    torch.manual_seed(0)
+    module = MNAD(width=4, memory_size=4)
+    module.eval()
+    images = torch.rand(4, 3, 32, 32)
+    loader = [{"image": images[:2]}, {"image": images[2:]}]
+    module.prepare_inference(loader)
+    clean = (module.model.error_scale.clone(), module.model.distance_scale.clone())
+    # a previous test run (or the random init of a reloaded checkpoint) left another memory for testing
+    module.model.test_memory.copy_(F.normalize(torch.randn_like(module.model.test_memory), dim=1))
+    module.prepare_inference(loader)
+    torch.testing.assert_close(module.model.test_memory, module.model.memory)
+    torch.testing.assert_close(module.model.error_scale, clean[0])
+    torch.testing.assert_close(module.model.distance_scale, clean[1])

@@ -18,6 +18,7 @@ from anobench.methods.uninformed_students import (
     UninformedStudents,
     predictive_variance,
     prepare_teachers,
+    pad_images,
     regression_error,
 )
 from anobench.methods.uninformed_students.module import held_out_indices, image_fingerprint
@@ -41,7 +42,7 @@ def test_dense_descriptors_equal_per_patch_network(patch_size):
     net = PatchNet(patch_size, **SMALL).eval()
     images = torch.randn(2, 3, 37, 30)
     half = (patch_size - 1) // 2
-    padded = F.pad(images, (half, half, half, half))
+    padded = pad_images(images, half)
     with torch.no_grad():
         dense = net.dense(images)
         assert dense.shape == (2, 16, 37, 30)
@@ -409,3 +410,29 @@ def test_cli_offline_without_weights_stops_with_one_error_naming_the_file(run_cl
     record = json.loads(results[0].read_text())
     assert record["status"] == "failed" and record["error"]["type"] == "WeightsNotFoundError"
     assert record["config"]["backbone"]["pretrained"] is True
+
+
+@pytest.mark.parametrize("patch_size", [17, 33, 65])
+def test_border_band_sees_image_not_padding(patch_size):
+    """Reflect padding (reference implementation): on a uniform image every p×p patch, border ones
+    included, is the same uniform patch, so the descriptor and the score are the same at the border as
+    inside. Zero padding made the border band score +1.4σ above the interior on normal images."""
+    torch.manual_seed(0)
+    model = StudentTeacherModel([patch_size], n_students=2, descriptor_dim=8, width=0.125).eval()
+    image = torch.full((1, 3, 80, 80), 0.7)
+    image[:, 1] = 0.2
+    dense = model.teachers[str(patch_size)].dense(image)
+    torch.testing.assert_close(dense, dense[..., 40:41, 40:41].expand_as(dense), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        score = model(image).anomaly_map
+    assert float(score.max() - score.min()) <= 1e-4 * max(1.0, float(score.abs().max()))
+    # a textured image: the border band's descriptors stay in the interior's range (zero padding: far out)
+    texture = F.interpolate(torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(1)), size=(80, 80),
+                            mode="bilinear", align_corners=False)
+    d = model.teachers[str(patch_size)].dense(texture)
+    band = torch.zeros(80, 80, dtype=torch.bool)
+    band[:4] = band[-4:] = True
+    band[:, :4] = band[:, -4:] = True
+    inner, outer = d[..., ~band], d[..., band]
+    centre = inner.mean(dim=-1, keepdim=True)
+    assert (outer - centre).norm(dim=1).mean() <= 1.5 * (inner - centre).norm(dim=1).mean()

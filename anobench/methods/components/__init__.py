@@ -9,6 +9,7 @@ from anobench.methods.components.gan import (  # GAN plumbing shared by OGNet an
     discriminator_loss,
     frozen_copy,
     gan_update,
+    gan_update_parts,
     generator_loss,
     set_requires_grad,
 )
@@ -16,6 +17,6 @@ from anobench.methods.components.scoring import reconstruction_error_map
 
 __all__ = [
     "ConvDecoder", "ConvEncoder", "Discriminator", "activation", "adversarial_loss", "alternating_role",
-    "build_discriminator", "discriminator_loss", "frozen_copy", "gan_update", "generator_loss",
+    "build_discriminator", "discriminator_loss", "frozen_copy", "gan_update", "gan_update_parts", "generator_loss",
     "reconstruction_error_map", "set_requires_grad",
 ]

@@ -171,6 +171,24 @@ def gan_update(lightning_module, optimizer, compute_loss: Callable[[], torch.Ten
     return loss.detach()
 
 
+def gan_update_parts(lightning_module, optimizer, compute_parts: Callable[[], dict[str, torch.Tensor]],
+                     total: str) -> dict[str, torch.Tensor]:
+    """`gan_update` for a loss made of logged parts: `compute_parts()` returns named loss terms, the
+    optimiser steps on `parts[total]`, and every part comes back detached (for logging).
+
+    The parts are computed inside `gan_update` (so inside the toggled optimiser), which is why a
+    closure is needed at all; this is the one place that holds them.
+    """
+    parts: dict[str, torch.Tensor] = {}
+
+    def loss() -> torch.Tensor:
+        parts.update(compute_parts())
+        return parts[total]
+
+    gan_update(lightning_module, optimizer, loss)
+    return {name: value.detach() for name, value in parts.items()}
+
+
 def set_requires_grad(modules: nn.Module | Iterable[nn.Module], flag: bool) -> None:
     """Switch gradients on/off for every parameter of `modules`."""
     for module in [modules] if isinstance(modules, nn.Module) else modules:

@@ -13,8 +13,10 @@ code — into its running mean (`GradConModel.update_reference`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,3 +62,28 @@ class GradCon(AnomalyModule):
         if any(g is None for g in grads):
             raise RuntimeError("GradCon: a decoder weight has no gradient after backward")
         self.model.update_reference(grads)
+
+    # --- the two parts of the score, each evaluated alone (README "Score parts") ---------------------
+    def finalize_test_scores(self, scores: np.ndarray, score_parts: np.ndarray | None) -> np.ndarray:
+        """The score is per image already; keep its parts (MSE, mean cos) in test order for the result."""
+        self._test_score_parts = score_parts
+        return scores
+
+    def extra_test_results(self) -> dict[str, Any]:
+        """evaluation.score_parts: image AUROC of the MSE alone and of −cos alone (higher = anomalous)."""
+        from anobench.metrics.auroc import image_auroc
+
+        parts = getattr(self, "_test_score_parts", None)
+        if parts is None:
+            return {}
+        labels = np.array([s.label for s in self.trainer.datamodule.test_samples])
+        mse, cos = parts[:, 0].astype(np.float64), parts[:, 1].astype(np.float64)
+        weight = self.model.score_grad_weight
+        return {"score_parts": {
+            "score": "mse - score_grad_weight * mean_cos",
+            "score_grad_weight": float(weight),
+            "reconstruction_mse": {"image_auroc": image_auroc(mse, labels), "mean": float(mse.mean()),
+                                   "std": float(mse.std())},
+            "gradient_neg_cos": {"image_auroc": image_auroc(-cos, labels), "mean": float(-cos.mean()),
+                                 "std": float(cos.std()), "weighted_std": float(weight * cos.std())},
+        }}

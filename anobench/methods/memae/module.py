@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from anobench.methods.base import AnomalyModule, OptimizerFactory
-from anobench.methods.memae.torch_model import MemAEModel, addressing_entropy
+from anobench.methods.memae.torch_model import MemAEModel, addressing_entropy, dead_fraction
 from anobench.methods.registry import register_method
 
 
@@ -20,7 +20,7 @@ class MemAE(AnomalyModule):
         self,
         channels: Sequence[int] = (64, 128, 256, 256),
         memory_size: int = 2000,
-        shrink_threshold: float = 0.0025,
+        shrink_threshold: float = 0.0005,
         entropy_weight: float = 0.0002,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
@@ -35,5 +35,6 @@ class MemAE(AnomalyModule):
         out = {"reconstruction": F.mse_loss(recon, x), "entropy": addressing_entropy(weights)}
         out["loss"] = out["reconstruction"] + self.entropy_weight * out["entropy"]
         out["active_items"] = (weights > 0).sum(dim=1).float().mean()  # sparsity diagnostic
+        out["dead_positions"] = dead_fraction(weights)  # positions whose read-out is zero (README)
         return out
 

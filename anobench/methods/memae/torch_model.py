@@ -31,6 +31,15 @@ def addressing_entropy(weights: torch.Tensor, eps: float = SHRINK_EPS) -> torch.
     return -(weights * torch.log(weights + eps)).sum(dim=1).mean()
 
 
+def dead_fraction(weights: torch.Tensor) -> torch.Tensor:
+    """Fraction of positions (rows of P×N shrunk weights) whose every weight was cut: their read-out is 0.
+
+    With λ ≤ 1/N no row can die (the largest of N softmax weights is ≥ 1/N); with λ above the largest
+    weight the decoder receives zeros there and decodes the same image whatever the input.
+    """
+    return (weights.sum(dim=1) == 0).float().mean()
+
+
 class MemoryModule(nn.Module):
     """N learnable memory items read by attention with hard shrinkage, at every position of a C×H×W map."""
 
@@ -72,7 +81,7 @@ class MemAEModel(nn.Module):
         self,
         channels: Sequence[int] = (64, 128, 256, 256),
         memory_size: int = 2000,
-        shrink_threshold: float = 0.0025,
+        shrink_threshold: float = 0.0005,
         in_channels: int = 3,
     ) -> None:
         super().__init__()

@@ -73,6 +73,7 @@ class MNAD(AnomalyModule):
     def prepare_inference(self, train_loader: DataLoader) -> None:
         """Reset the test memory to the trained one; measure the training-set scale of both map terms."""
         model = self.model
+        model.reset_test_memory()  # first: the scales are measured with the trained memory, not a previous test run's
         update, model.test_time_update = model.test_time_update, False
         errors, distances = [], []
         try:
@@ -84,7 +85,6 @@ class MNAD(AnomalyModule):
             model.test_time_update = update
         model.error_scale.fill_(max(float(np.mean(errors)), 1e-12))
         model.distance_scale.fill_(max(float(np.mean(distances)), 1e-12))
-        model.reset_test_memory()
 
     def finalize_test_scores(self, scores: np.ndarray, score_parts: np.ndarray | None) -> np.ndarray:
         """1 − [α·minmax(PSNR) + (1 − α)·(1 − minmax(compactness distance))] over the test set."""

@@ -44,6 +44,34 @@ def _cell_fractions(mask: np.ndarray | torch.Tensor, cells: tuple[int, int]) -> 
     return F.adaptive_avg_pool2d(m, cells)[0, 0]
 
 
+class RewardBaseline:
+    """Trend-following REINFORCE baseline: the reward rises as the predictor learns (non-stationary),
+    so a plain EMA lags behind it and nearly every advantage is positive. This baseline predicts the next
+    reward as level + trend (Holt's double exponential smoothing, both with `momentum`), so a steadily
+    rising reward gives advantages centred on 0; the advantage is divided by a running RMS of past ones.
+    """
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        self.momentum = momentum
+        self.level: float | None = None
+        self.trend = 0.0
+        self.var = 1.0
+
+    def advantage(self, reward: float) -> tuple[float, float]:
+        """(advantage = reward − predicted reward, advantage / running RMS); then folds `reward` in."""
+        m = self.momentum
+        if self.level is None:
+            self.level = reward
+            return 0.0, 0.0
+        predicted = self.level + self.trend
+        advantage = reward - predicted
+        self.var = m * self.var + (1 - m) * advantage**2
+        level = m * predicted + (1 - m) * reward
+        self.trend = m * self.trend + (1 - m) * (level - self.level)
+        self.level = level
+        return advantage, advantage / (self.var**0.5 + 1e-8)
+
+
 @register_method("nbs")
 class NeuralBatchSampling(AnomalyModule):
     """Neural Batch Sampling (Chu & Kitani, ECCV 2020), semi-supervised. See README.md next to this file."""
@@ -114,9 +142,7 @@ class NeuralBatchSampling(AnomalyModule):
         self._policy_opt: torch.optim.Optimizer | None = None
         self._log_probs: list[torch.Tensor] = []
         self._entropies: list[torch.Tensor] = []
-        self._baseline: float | None = None
-        self._reward_var = 1.0
-        self.last_batch_locations: torch.Tensor | None = None  # for inspection and tests
+        self._baseline = RewardBaseline(baseline_momentum)
 
     # --- setup ----------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -161,7 +187,7 @@ class NeuralBatchSampling(AnomalyModule):
         self._predictor_opt = torch.optim.AdamW(self.model.predictor.parameters(), lr=self.predictor_lr,
                                                weight_decay=self.predictor_weight_decay)
         self._policy_opt = torch.optim.Adam(self.model.policy.parameters(), lr=self.policy_lr)
-        self._log_probs, self._entropies, self._baseline, self._reward_var = [], [], None, 1.0
+        self._log_probs, self._entropies, self._baseline = [], [], RewardBaseline(self.baseline_momentum)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The AE's optimizer (Adam by default, see README); predictor and sampler have their own."""
@@ -229,12 +255,7 @@ class NeuralBatchSampling(AnomalyModule):
         """REINFORCE: reward = −predictor loss on the labelled images, EMA baseline, entropy bonus."""
         with torch.no_grad():
             reward = -float(self.predictor_loss(augment=False))
-        if self._baseline is None:
-            self._baseline = reward
-        advantage = reward - self._baseline
-        self._reward_var = self.baseline_momentum * self._reward_var + (1 - self.baseline_momentum) * advantage**2
-        scaled = advantage / (self._reward_var**0.5 + 1e-8)
-        self._baseline = self.baseline_momentum * self._baseline + (1 - self.baseline_momentum) * reward
+        advantage, scaled = self._baseline.advantage(reward)
         logs = {"reward": reward, "advantage": advantage}
         if self.sampler == "learned" and self._log_probs:
             assert self._policy_opt is not None
@@ -254,7 +275,6 @@ class NeuralBatchSampling(AnomalyModule):
             raise RuntimeError("NBS training needs on_fit_start (trainer.fit with a datamodule)")
         ae_opt = self.optimizers()
         patches, locations = self.ae_batch(batch["image"])
-        self.last_batch_locations = locations.detach()
         loss = F.mse_loss(self.model.autoencoder(patches), patches)
         ae_opt.zero_grad()
         self.manual_backward(loss)

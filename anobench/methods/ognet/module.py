@@ -10,7 +10,7 @@ trainer steps and ``max_steps`` bounds it. The step budget T (``trainer.estimate
   ``g_old_fraction`` into phase one) G is copied into the frozen G_old.
 - phase two, steps [P1, T): G and G_old frozen (eval mode, no updates); only D is trained, on one
   batch of the four kinds the paper names: good = real x (weight β) and G(x) (1 − β), label 1;
-  bad = G_old(x) (weight α) and pseudo-anomalies G_old((G_old(x_i) + G_old(x_j)) / 2) for random
+  bad = G_old(x) (weight α) and pseudo-anomalies G((G_old(x_i) + G_old(x_j)) / 2) for random
   pairs i ≠ j (1 − α), label 0.
 
 P2 = round(phase_two_fraction · T) (at least 1), P1 = T − P2 (at least 1); a budget that cannot
@@ -32,6 +32,7 @@ from anobench.methods.components.gan import (
     alternating_role,
     discriminator_loss,
     gan_update,
+    gan_update_parts,
     generator_loss,
 )
 from anobench.methods.ognet.torch_model import OGNetModel
@@ -45,10 +46,6 @@ class OGNetSchedule:
     phase_one_steps: int
     g_old_step: int
     phase_two_steps: int
-
-    @property
-    def total_steps(self) -> int:
-        return self.phase_one_steps + self.phase_two_steps
 
 
 def resolve_schedule(total_steps: float, phase_two_fraction: float, g_old_fraction: float) -> OGNetSchedule:
@@ -91,6 +88,7 @@ class OGNet(AnomalyModule):
         alpha: float = 0.5,
         beta: float = 0.5,
         phase_two_lr_factor: float = 1.0,
+        map_sigma: float = 2.0,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__(optimizer)
@@ -105,7 +103,7 @@ class OGNet(AnomalyModule):
         self.beta = beta
         self.phase_two_lr_factor = phase_two_lr_factor
         self.model = OGNetModel(image_size, 3, generator_channels, discriminator_channels, kernel_size,
-                                discriminator_norm, discriminator_head, discriminator_kernel_size)
+                                discriminator_norm, discriminator_head, discriminator_kernel_size, map_sigma)
         self.schedule: OGNetSchedule | None = None
         self._phase_two_started = False
 
@@ -158,7 +156,7 @@ class OGNet(AnomalyModule):
             partner[order] = order.roll(-offset)
         else:
             partner = torch.zeros(1, dtype=torch.long, device=x.device)
-        pseudo = self.model.generator_old(0.5 * (old + old[partner]))
+        pseudo = self.model.generator(0.5 * (old + old[partner]))  # the paper: G of the blend, not G_old
         return {"real": x, "reconstruction": self.model.generator(x), "old": old, "pseudo": pseudo}
 
     def phase_two_loss(self, examples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -176,6 +174,12 @@ class OGNet(AnomalyModule):
         parts["loss_d2"] = (self.beta * parts["loss_d2_real"] + (1 - self.beta) * parts["loss_d2_reconstruction"]
                             + self.alpha * parts["loss_d2_old"] + (1 - self.alpha) * parts["loss_d2_pseudo"])
         return parts
+
+    # --- inference -----------------------------------------------------------------------------
+    def prepare_inference(self, train_loader) -> None:
+        """Per-pixel residual statistics of the (trained, frozen) G on the normal training images."""
+        self.model.eval()
+        self.model.fit_residual_statistics(b["image"] if isinstance(b, dict) else b for b in train_loader)
 
     # --- training -------------------------------------------------------------------------------
     def _enter_phase_two(self, d_opt) -> None:
@@ -196,14 +200,7 @@ class OGNet(AnomalyModule):
             if alternating_role(step) == "D":
                 logs["loss_d"] = gan_update(self, d_opt, lambda: self.phase_one_d_loss(x))
             else:
-                holder: dict[str, torch.Tensor] = {}
-
-                def g_loss() -> torch.Tensor:
-                    holder.update(self.phase_one_g_losses(x))
-                    return holder["loss_g"]
-
-                gan_update(self, g_opt, g_loss)
-                logs.update({k: v.detach() for k, v in holder.items()})
+                logs.update(gan_update_parts(self, g_opt, lambda: self.phase_one_g_losses(x), "loss_g"))
         else:
             if not self.model.has_old_generator:
                 raise RuntimeError("OGNet reached phase two without a G_old snapshot")
@@ -211,14 +208,7 @@ class OGNet(AnomalyModule):
                 self._enter_phase_two(d_opt)
             self.model.generator.eval()  # frozen: no updates, no BN-statistics drift
             examples = self.phase_two_examples(x)
-            holder = {}
-
-            def d2_loss() -> torch.Tensor:
-                holder.update(self.phase_two_loss(examples))
-                return holder["loss_d2"]
-
-            gan_update(self, d_opt, d2_loss)
-            logs.update({k: v.detach() for k, v in holder.items()})
+            logs.update(gan_update_parts(self, d_opt, lambda: self.phase_two_loss(examples), "loss_d2"))
         logs["phase"] = torch.tensor(float(self.phase(step)))
         for name, value in logs.items():
             self.log(f"train/{name}", value, prog_bar=name in ("loss_d", "loss_g", "loss_d2"), batch_size=n)

@@ -17,19 +17,22 @@
 Inference (eval mode): images in [0, 1] → x = 2·img − 1 (official mean 0.5 / std 0.5) → G(x) →
 D(G(x)). The paper's score is D's output on G(x) (high = normal), so ``pred_score`` is −logit
 (the log-odds of "bad quality"; a monotone map of 1 − D, without sigmoid saturation ties). The paper
-has no pixel map; ``anomaly_map`` is G's reconstruction residual ‖x − G(x)‖₂ over channels — an
-anobench addition that the image score does not use.
+has no pixel map; ``anomaly_map`` is G's reconstruction residual ‖x − G(x)‖₂ over channels,
+standardised per pixel with the normal training images' mean and std (`fit_residual_statistics`,
+buffers ``residual_mean`` / ``residual_std``) and Gaussian-smoothed (σ = ``map_sigma``) — an anobench
+addition that the image score does not use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.components import ConvDecoder, ConvEncoder, reconstruction_error_map
+from anobench.methods.components.scoring import gaussian_blur
 from anobench.methods.components.gan import build_discriminator, frozen_copy
 
 
@@ -60,6 +63,7 @@ class OGNetModel(nn.Module):
         discriminator_norm: str | None = "instance",
         discriminator_head: str = "patch",
         discriminator_kernel_size: int | None = 4,
+        map_sigma: float = 2.0,
     ) -> None:
         super().__init__()
         depth = len(generator_channels)
@@ -75,6 +79,11 @@ class OGNetModel(nn.Module):
             norm=discriminator_norm, act="relu", unnormalized_layers=(-1,),
         )
         self.register_buffer("g_old_step", torch.tensor(-1, dtype=torch.long))
+        # pixel map: G's residual standardised per pixel with the training images' statistics
+        # (identity until `fit_residual_statistics` has run), then Gaussian-smoothed with σ = map_sigma
+        self.map_sigma = map_sigma
+        self.register_buffer("residual_mean", torch.zeros(image_size, image_size))
+        self.register_buffer("residual_std", torch.ones(image_size, image_size))
 
     # --- G_old --------------------------------------------------------------------------------
     @property
@@ -99,13 +108,34 @@ class OGNetModel(nn.Module):
         """[0, 1] → [−1, 1] (official Normalize(mean 0.5, std 0.5)), the range of G's tanh output."""
         return images * 2.0 - 1.0
 
+    @torch.no_grad()
+    def fit_residual_statistics(self, batches: Iterable[torch.Tensor]) -> None:
+        """Per-pixel mean and std of ‖x − G(x)‖₂ over normal training images ([0, 1] batches).
+
+        The std is floored at 10 % of its mean over pixels, so pixels where G is (nearly) exact on every
+        training image — flat background — cannot turn float noise into large standardised values.
+        """
+        residuals = torch.cat([reconstruction_error_map(x, self.generator(x))
+                               for x in (self.normalize(b.to(self.residual_mean.device)) for b in batches)])
+        if residuals.shape[-2:] != self.residual_mean.shape:
+            raise ValueError(f"OGNet residual statistics need {tuple(self.residual_mean.shape)} maps, "
+                             f"got {tuple(residuals.shape[-2:])}")
+        mean = residuals.mean(dim=0)
+        std = residuals.std(dim=0, unbiased=False) if residuals.shape[0] > 1 else torch.ones_like(mean)
+        self.residual_mean.copy_(mean)
+        self.residual_std.copy_(std.clamp_min(0.1 * float(std.mean()) + 1e-8))
+
+    def anomaly_map(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """Standardised, smoothed residual: blur_σ((‖x − G(x)‖₂ − μ_pixel) / σ_pixel), B×S×S."""
+        residual = reconstruction_error_map(x, reconstruction)
+        return gaussian_blur((residual - self.residual_mean) / self.residual_std, self.map_sigma)
+
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
-        """B×3×S×S in [0, 1] → score −D(G(x)) logit (B) and reconstruction residual map (B×S×S)."""
+        """B×3×S×S in [0, 1] → score −D(G(x)) logit (B) and standardised residual map (B×S×S)."""
         with torch.no_grad():
             x = self.normalize(images)
             reconstruction = self.generator(x)
             logits = self.discriminator(reconstruction)
             if logits.ndim > 1:  # patch head: D's per-image output is the mean patch logit
                 logits = logits.flatten(1).mean(dim=1)
-            anomaly_map = reconstruction_error_map(x, reconstruction)
-            return AnomalyOutput(anomaly_map=anomaly_map, pred_score=-logits)
+            return AnomalyOutput(anomaly_map=self.anomaly_map(x, reconstruction), pred_score=-logits)

@@ -25,6 +25,7 @@ from anobench.methods.components.gan import (
     build_discriminator,
     discriminator_loss,
     gan_update,
+    gan_update_parts,
     generator_loss,
 )
 from anobench.methods.registry import register_method
@@ -129,13 +130,6 @@ class SynthCP(AnomalyModule):
         if alternating_role(self.global_step) == "D":
             logs["loss_d"] = gan_update(self, d_opt, lambda: self.d_loss(images, layout))
         else:
-            holder: dict[str, torch.Tensor] = {}
-
-            def g_loss() -> torch.Tensor:
-                holder.update(self.g_losses(images, layout, features))
-                return holder["loss_g"]
-
-            gan_update(self, g_opt, g_loss)
-            logs.update({k: v.detach() for k, v in holder.items()})
+            logs.update(gan_update_parts(self, g_opt, lambda: self.g_losses(images, layout, features), "loss_g"))
         for name, value in logs.items():
             self.log(f"train/{name}", value, prog_bar=name in ("loss_d", "loss_g"), batch_size=images.shape[0])

@@ -71,6 +71,8 @@ class FrozenResNetFeatures(nn.Module):
     def channels(self, name: str) -> int:
         stage = self.stages[name]
         last_block = stage[-1]
+        if not hasattr(last_block, "conv2"):  # EfficientNet-Lite0 (anobench.backbones): MBConv blocks
+            return last_block._project_conv.out_channels
         conv = getattr(last_block, "conv3", None) or last_block.conv2
         return conv.out_channels
 

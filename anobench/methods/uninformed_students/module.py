@@ -16,7 +16,6 @@ import hashlib
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from anobench.methods.base import AnomalyModule, OptimizerFactory
@@ -27,6 +26,7 @@ from anobench.methods.uninformed_students.torch_model import (
     PatchNet,
     StudentTeacherModel,
     normalize_images,
+    pad_images,
 )
 
 
@@ -169,7 +169,7 @@ class UninformedStudents(AnomalyModule):
         if self.train_crop is None or self.train_crop >= size:
             return x, True
         half = (scale - 1) // 2
-        padded = F.pad(x, (half, half, half, half))  # the zero padding that dense() uses on whole images
+        padded = pad_images(x, half)  # the reflect padding that dense() uses on whole images
         top, left = (int(v) for v in torch.randint(0, size - self.train_crop + 1, (2,)))
         extent = self.train_crop + scale - 1
         return padded[..., top:top + extent, left:left + extent], False
@@ -221,7 +221,6 @@ class UninformedStudents(AnomalyModule):
         for k, p in enumerate(self.model.patch_sizes):
             self.model.error_stats[k] = torch.stack(errors[p].result()).to(self.device)
             self.model.variance_stats[k] = torch.stack(variances[p].result()).to(self.device)
-        self.model.fitted[1] = True
 
 
 __all__ = ["UninformedStudents", "held_out_indices", "image_fingerprint"]

@@ -68,7 +68,8 @@ class PatchNet(nn.Module):
 
     def dense(self, images: torch.Tensor, padding: bool = True) -> torch.Tensor:
         """One descriptor per pixel: B×3×H×W → B×d×H×W, the value at (i, j) being `forward` of the p×p
-        patch centred on (i, j) (zero padding outside the image).
+        patch centred on (i, j) of the image reflect-padded by (p − 1)/2 (`pad_images`; as the reference
+        implementation — zero padding made the border band score high on normal images).
 
         padding=False: only patches that lie inside `images`, B×d×(H−p+1)×(W−p+1), the value at (i, j)
         being `forward` of the patch whose top-left corner is (i, j) (training on crops with context)."""
@@ -80,7 +81,7 @@ class PatchNet(nn.Module):
                              f"{self.patch_size}×{self.patch_size} pixels, got {height}×{width}")
         stride = 2 ** self.n_pools
         # extra bottom/right margin: phase splits trim at most a few trailing rows, all beyond the output
-        x = F.pad(images, (half, half + 2 * stride, half, half + 2 * stride))
+        x = F.pad(pad_images(images, half), (0, 2 * stride, 0, 2 * stride))
         phases = 1  # x: (phases·phases·B)×C×h×w, sub-grid (a, b) of the dense map at [a, b, batch]
         for layer in self.layers:
             if isinstance(layer, nn.MaxPool2d):
@@ -95,6 +96,15 @@ class PatchNet(nn.Module):
             else:
                 x = layer(x)
         return _unwarp(x, phases, b)[..., :out_h, :out_w]
+
+
+def pad_images(images: torch.Tensor, half: int) -> torch.Tensor:
+    """Reflect-pad by `half` pixels on every side (the reference implementation's padding); images no
+    larger than `half` (reflection impossible) are padded by replication."""
+    if half == 0:
+        return images
+    mode = "reflect" if half < min(images.shape[-2:]) else "replicate"
+    return F.pad(images, (half, half, half, half), mode=mode)
 
 
 def _unwarp(x: torch.Tensor, phases: int, batch: int) -> torch.Tensor:
@@ -146,7 +156,7 @@ class StudentTeacherModel(nn.Module):
         self.register_buffer("teacher_std", torch.ones(n, descriptor_dim))
         self.register_buffer("error_stats", torch.tensor([[0.0, 1.0]] * n))  # (mean, std) per scale
         self.register_buffer("variance_stats", torch.tensor([[0.0, 1.0]] * n))
-        self.register_buffer("fitted", torch.zeros(2, dtype=torch.bool))  # teacher stats, score stats
+        self.register_buffer("fitted", torch.zeros(1, dtype=torch.bool))  # teacher statistics measured
 
     # --- descriptors --------------------------------------------------------------------------------
     def teacher_targets(self, x: torch.Tensor, scale: int) -> torch.Tensor:
