@@ -9,7 +9,7 @@ upsamples maps to them, so ``load_mask(i)`` returns the mask of ``test_samples[i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import lightning as L
 import numpy as np
@@ -92,6 +92,25 @@ class _ImageDataset(Dataset):
             out["label"] = self.samples[i].label
         if self.with_index:
             out["index"] = i
+        return out
+
+
+class _KeptTrainImages(Dataset):
+    """The training set without some images (`AnomalyDataModule.exclude_from_training`); items are
+    positions in the kept list, each batch element carries its original training-set "index"."""
+
+    def __init__(self, dataset: _ImageDataset, keep: list[int]) -> None:
+        self.dataset = dataset
+        self.keep = keep
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        i, aug_seed = item if isinstance(item, tuple) else (item, None)
+        index = self.keep[i]
+        out = self.dataset[(index, aug_seed) if aug_seed is not None else index]
+        out["index"] = index
         return out
 
 
@@ -228,9 +247,19 @@ class AnomalyDataModule(L.LightningDataModule):
         )
 
     # --- loaders -----------------------------------------------------------------------------
+    def exclude_from_training(self, indices: Iterable[int]) -> None:
+        """Never yield these training images (indices into the training set, e.g. a method's held-out
+        validation images) from train_dataloader(), whose batches then carry "index". Call before
+        train_dataloader() (a LightningModule's on_fit_start is)."""
+        self.train_exclude = frozenset(int(i) for i in indices)
+        self._train_sampler = None
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) training images, repeated ``train_repeats`` times per epoch."""
         ds = self._dataset("train")
+        exclude = getattr(self, "train_exclude", frozenset())
+        if exclude:
+            ds = _KeptTrainImages(ds, [i for i in range(len(ds)) if i not in exclude])
         if self._train_sampler is None:
             self._train_sampler = _RepeatShuffleSampler(len(ds), self.train_repeats, self.seed)
         return self._loader(

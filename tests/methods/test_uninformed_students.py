@@ -21,7 +21,7 @@ from anobench.methods.uninformed_students import (
     pad_images,
     regression_error,
 )
-from anobench.methods.uninformed_students.module import held_out_indices, image_fingerprint
+from anobench.methods.uninformed_students.module import held_out_indices
 from anobench.methods.uninformed_students.teacher import compactness_loss, teacher_key, triplet_loss
 from fitting import quiet_trainer
 
@@ -143,14 +143,28 @@ def test_standardisation_statistics_come_from_held_out_normal_images_only():
     assert not torch.allclose(module.model.error_stats, before)
 
 
-def test_held_out_images_are_dropped_from_student_batches():
-    module = UninformedStudents(patch_sizes=[17], n_students=1, **SMALL)
-    images = (torch.rand(4, 3, 16, 16) * 255).round() / 255
-    module._held_out_fingerprints = {image_fingerprint(images[1]), image_fingerprint(images[3].flip(-1))}
-    batch = torch.stack([images[0], images[1], images[2], images[3].flip(-1)])
-    kept = module.student_batch(batch)
-    assert kept.shape[0] == 2
-    torch.testing.assert_close(kept, images[[0, 2]])
+def test_held_out_images_never_reach_the_students_and_no_step_is_empty(tmp_path):
+    """Held-out validation images are excluded from the training set by index up front: every training
+    batch is non-empty (a step returning None hangs DDP) and holds none of them (val_fraction 0.4 of 5
+    images = 2 held out; batch size 1 would have given held-out-only batches before)."""
+    module = UninformedStudents(patch_sizes=[17], n_students=1, **SMALL, val_fraction=0.4)
+    seen, losses = [], []
+    original = module.training_step
+
+    def spy(batch, batch_idx):
+        seen.extend(batch["index"].tolist())
+        loss = original(batch, batch_idx)
+        losses.append(loss)
+        return loss
+
+    module.training_step = spy
+    dm = _tiny_datamodule(tmp_path)
+    dm.train_batch_size = 1
+    quiet_trainer(12).fit(module, datamodule=dm)
+    held_out = set(held_out_indices(5, 0.4, 0))
+    assert len(held_out) == 2 and len(seen) == 12
+    assert not held_out & set(seen) and set(seen) == set(range(5)) - held_out
+    assert all(loss is not None and torch.isfinite(loss) for loss in losses)
 
 
 # --- teacher: losses, cache, weights ------------------------------------------------------------------------

@@ -5,15 +5,15 @@ Fit:
    distil the teachers (`teacher.py`, cached across categories); measure the per-channel mean/std of
    every teacher's dense descriptors over the remaining training images.
 2. `training_step`: every student regresses the normalised teacher descriptors of every pixel
-   (mean over pixels of ‖student − (teacher − μ)/σ‖²); held-out images are dropped from the batch.
+   (mean over pixels of ‖student − (teacher − μ)/σ‖²); held-out images never reach it (excluded from
+   the datamodule's training set by index in `on_fit_start`).
 3. `prepare_inference` (start of every test): mean/std of the regression error and of the predictive
    variance over all pixels of the held-out normal images, per scale — the standardisation of the score.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,19 +28,6 @@ from anobench.methods.uninformed_students.torch_model import (
     normalize_images,
     pad_images,
 )
-
-
-def image_fingerprint(image: torch.Tensor) -> str:
-    """Identity of a [0, 1] image as stored (8-bit): finds held-out images again in training batches."""
-    pixels = (image.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).contiguous()
-    return hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).hexdigest()
-
-
-def _dihedral(image: torch.Tensor) -> Iterable[torch.Tensor]:
-    """The 8 flips/rotations the datamodule's augmentation can produce."""
-    for flipped in (image, image.flip(-1)):
-        for k in range(4):
-            yield torch.rot90(flipped, k, dims=(-2, -1))
 
 
 def held_out_indices(n_images: int, fraction: float, seed: int) -> list[int]:
@@ -107,7 +94,6 @@ class UninformedStudents(AnomalyModule):
                 fresh = PatchNet(p, descriptor_dim, width)
             self.model.teachers[str(p)].load_state_dict(fresh.state_dict())
         self.teacher_report: dict[int, dict[str, Any]] = {}
-        self._held_out_fingerprints: set[str] = set()
 
     # --- fit --------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -117,11 +103,10 @@ class UninformedStudents(AnomalyModule):
         loader = datamodule.inference_train_dataloader()
         n_images = len(loader.dataset)
         held_out = set(held_out_indices(n_images, self.val_fraction, self.val_seed))
-        self._held_out_fingerprints = set()
-        for batch in loader:
-            for image, index in zip(batch["image"], batch["index"].tolist()):
-                if index in held_out:
-                    self._held_out_fingerprints.update(image_fingerprint(v) for v in _dihedral(image))
+        if held_out:
+            if not hasattr(datamodule, "exclude_from_training"):
+                raise RuntimeError("UninformedStudents holds out validation images: the datamodule needs exclude_from_training()")
+            datamodule.exclude_from_training(held_out)  # by dataset index: no batch is ever empty
 
         def category_images() -> list[torch.Tensor]:
             return [img for b in loader for img, i in zip(b["image"], b["index"].tolist()) if i not in held_out]
@@ -154,13 +139,6 @@ class UninformedStudents(AnomalyModule):
             self.model.teacher_std[k] = std.clamp_min(1e-6).to(self.device)
         self.model.fitted[0] = True
 
-    def student_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """The batch without held-out validation images (they only standardise scores)."""
-        if not self._held_out_fingerprints:
-            return images
-        keep = [k for k, image in enumerate(images) if image_fingerprint(image) not in self._held_out_fingerprints]
-        return images[keep]
-
     def _training_view(self, x: torch.Tensor, scale: int) -> tuple[torch.Tensor, bool]:
         """The input the students see this step at `scale`: the whole (normalised) image, or with
         `train_crop` a random crop of crop×crop output pixels plus its real p−1 context (the same
@@ -188,10 +166,8 @@ class UninformedStudents(AnomalyModule):
         out["loss"] = torch.stack([out[f"loss_p{p}"] for p in self.model.patch_sizes]).sum()
         return out
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        images = self.student_batch(batch["image"])
-        if images.shape[0] == 0:
-            return None  # only held-out images in this batch
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images = batch["image"]  # held-out images were excluded from the training set in on_fit_start
         out = self.compute_losses(images)
         for name, value in out.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=images.shape[0])
@@ -223,4 +199,4 @@ class UninformedStudents(AnomalyModule):
             self.model.variance_stats[k] = torch.stack(variances[p].result()).to(self.device)
 
 
-__all__ = ["UninformedStudents", "held_out_indices", "image_fingerprint"]
+__all__ = ["UninformedStudents", "held_out_indices"]
