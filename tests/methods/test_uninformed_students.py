@@ -450,3 +450,26 @@ def test_border_band_sees_image_not_padding(patch_size):
     inner, outer = d[..., ~band], d[..., band]
     centre = inner.mean(dim=-1, keepdim=True)
     assert (outer - centre).norm(dim=1).mean() <= 1.5 * (inner - centre).norm(dim=1).mean()
+
+
+def test_teacher_targets_are_normalised_per_channel():
+    """Students regress (T − μ)/σ: over the training images every channel of the targets has mean 0 and
+    std 1 (the teacher's raw descriptors do not), both in scoring and in the training loss."""
+    torch.manual_seed(0)
+    module = UninformedStudents(patch_sizes=[17], n_students=1, **SMALL, val_fraction=0.0)
+    images = F.interpolate(torch.rand(6, 3, 8, 8), size=(32, 32), mode="bilinear", align_corners=False)
+    module.fit_teacher_statistics(_loader(images))
+    from anobench.methods.uninformed_students.torch_model import normalize_images
+
+    x = normalize_images(images)
+    raw = module.model.teachers["17"].dense(x)
+    assert (raw.mean(dim=(0, 2, 3)).abs().max() > 0.05) or ((raw.std(dim=(0, 2, 3)) - 1).abs().max() > 0.2)
+    targets = module.model.teacher_targets(x, 17)
+    torch.testing.assert_close(targets.mean(dim=(0, 2, 3)), torch.zeros(16), atol=1e-3, rtol=0)
+    torch.testing.assert_close(targets.std(dim=(0, 2, 3), unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+    # training loss with students predicting 0 everywhere = mean ‖target‖² = d
+    for student in module.model.students["17"]:
+        for param in student.parameters():
+            param.data.zero_()
+    module.train_crop = None
+    assert module.compute_losses(images)["loss"].item() == pytest.approx(16.0, rel=1e-3)
