@@ -104,18 +104,22 @@ def test_image_size_not_divisible_is_refused():
 
 @pytest.mark.slow
 def test_memae_learns_on_synthetic(tmp_path):
-    """Tablet, 128², channels 32-64-128-128, N = 2000, λ = 0.0025, α = 2e-4, Adam 1e-3, 150 steps of 8.
+    """Tablet, 128², channels 32-64-128-128, N = 2000, λ = 0.0005, α = 2e-4, Adam 1e-3, 150 steps of 8.
 
-    Measured on CPU, seeds 0/1/2: image AUROC (the paper's score, mean error) 0.695 / 0.680 / 0.711,
-    pixel AUROC 0.880 / 0.891 / 0.867. Thresholds 0.62 and 0.84 sit below the lowest seed; chance is 0.5.
+    Measured 2026-12-02 (AMD EPYC, one thread, λ = 1/N), seeds 0/1/2: image AUROC (the paper's score,
+    mean error) 0.656 / 0.695 / 0.688, pixel AUROC 0.931 / 0.910 / 0.928, dead positions 0 / 0 / 0.
+    Thresholds 0.60 and 0.86 sit below the lowest seed; chance is 0.5.
     (The map's max scores 0.34–0.41 here: the tablet outline's pose varies, so the largest residual is
     on the outline, not the defect — why the paper's mean is the score.)
     """
-    module, trainer, _ = fit_and_test(
+    module, _, datamodule = fit_and_test(
         lambda: MemAE(channels=(32, 64, 128, 128), optimizer=lambda p: torch.optim.Adam(p, lr=1e-3)),
         tmp_path, "tablet", image_size=128, max_steps=150, seed=0)
     metrics = module.test_results["metrics"]
-    assert metrics["image_auroc"] >= 0.62, metrics
-    assert metrics["pixel_auroc"] >= 0.84, metrics
-    # the addressing stayed live: (almost) every position of the last training batch read some memory item
-    assert trainer.callback_metrics["train/dead_positions"].item() <= 0.02
+    assert metrics["image_auroc"] >= 0.60, metrics
+    assert metrics["pixel_auroc"] >= 0.86, metrics
+    # the addressing stayed live: (almost) every code position of the training images reads some memory item
+    train = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()])
+    with torch.no_grad():
+        weights = module.model.eval().reconstruct(train)[2]
+    assert dead_fraction(weights).item() <= 0.02

@@ -111,16 +111,17 @@ def test_image_score_is_the_papers_min_max_combination():
 def test_mnad_learns_on_synthetic(tmp_path):
     """Washer, 128², width 8, M = 10, λc = λs = 0.01, α = 0.7, Adam 1e-3, 80 steps of 4.
 
-    Measured on CPU, seeds 0/1/2: image AUROC (the paper's min-max PSNR + memory-distance score)
-    0.750 / 0.695 / 0.742, pixel AUROC 0.858 / 0.827 / 0.823. Thresholds 0.62 and 0.78 sit below the
+    Measured 2026-12-02 (AMD EPYC, one thread; scales measured after the test memory is reset to the
+    trained one), seeds 0/1/2: image AUROC (the paper's min-max PSNR + memory-distance score)
+    0.594 / 0.719 / 0.820, pixel AUROC 0.824 / 0.788 / 0.813. Thresholds 0.55 and 0.74 sit below the
     lowest seed; chance is 0.5.
     """
     module, _, _ = fit_and_test(
         lambda: MNAD(width=8, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3)),
         tmp_path, "washer", image_size=128, max_steps=80, seed=0, batch_size=4)
     metrics = module.test_results["metrics"]
-    assert metrics["image_auroc"] >= 0.62, metrics
-    assert metrics["pixel_auroc"] >= 0.78, metrics
+    assert metrics["image_auroc"] >= 0.55, metrics
+    assert metrics["pixel_auroc"] >= 0.74, metrics
 
 
 def test_prepare_inference_measures_scales_with_the_trained_memory():

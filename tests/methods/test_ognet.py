@@ -253,23 +253,16 @@ def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: i
 def test_ognet_learns_on_synthetic(tmp_path, one_torch_thread):
     """Washer, 64×64, 100 training images, batch 8, 600 steps (480 phase one, G_old at step 144, 120 phase
     two), CPU at one torch thread, default patch-wise D, with λ_R = 10 instead of the paper's 0.4 so that
-    G's reconstruction learns within its 240 updates. (At two threads seed 0 gives 0.719: the GAN's
-    metrics depend on the float reduction order.)
+    G's reconstruction learns within its 240 updates. (The GAN's metrics depend on the thread count:
+    float reduction order.)
 
-    PENDING RE-MEASUREMENT: the values below were measured before the pseudo-anomaly became
-    G((G_old(x_i)+G_old(x_j))/2) and the map became the standardised, smoothed residual; the thresholds
-    have not been re-set for those changes yet.
-
-    Measured (seeds 0/1/2): the paper's image score −D(G(x)) (mean patch logit) 0.805 / 0.578 / 0.734
-    (threshold 0.65 at seed 0: above chance on every seed, but with a large spread); D separates the four
-    phase-two kinds on the training images (accuracy 1.0 / 1.0 / 1.0; threshold 0.9). Not on every
-    category: tablet 0.41, weave 0.33 (seed 0); and the official linear head is below chance on washer
-    (0.27–0.32) — see README "Results". The residual map: pixel AUROC 0.738 / 0.731 / 0.600 (threshold
-    0.54; seed 0 on two AMD EPYC machines 0.729 / 0.727). The image AUROC of the map's max is not asserted:
-    seed 0 gives 0.617 (Intel), 0.578 and 0.547 (two AMD EPYC machines) - one-thread GAN training still
-    depends on the CPU's float kernels, and that score is not reliably above chance.
+    Measured 2026-12-02 (AMD EPYC, seeds 0/1/2; the paper's pseudo-anomaly G((G_old(x_i)+G_old(x_j))/2),
+    smoothed residual map): D separates the four phase-two kinds on the training images (accuracy
+    1.0 / 1.0 / 1.0; threshold 0.9); pixel AUROC of the map 0.799 / 0.790 / 0.777 (threshold 0.70);
+    the paper's image score −D(G(x)) 0.625 / 0.570 / 0.570 — only just above chance on these synthetic
+    defects (README "Results"), so its threshold 0.52 catches a flipped sign, not a weak D.
     """
     metrics = fit_and_test(tmp_path, lambda_reconstruction=10.0)
     assert metrics["d_phase_two_accuracy"] >= 0.9, metrics
-    assert metrics["image_auroc"] >= 0.65, metrics
-    assert metrics["pixel_auroc"] >= 0.54, metrics
+    assert metrics["pixel_auroc"] >= 0.70, metrics
+    assert metrics["image_auroc"] >= 0.52, metrics

@@ -18,9 +18,9 @@ Inference (eval mode): images in [0, 1] → x = 2·img − 1 (official mean 0.5 
 D(G(x)). The paper's score is D's output on G(x) (high = normal), so ``pred_score`` is −logit
 (the log-odds of "bad quality"; a monotone map of 1 − D, without sigmoid saturation ties). The paper
 has no pixel map; ``anomaly_map`` is G's reconstruction residual ‖x − G(x)‖₂ over channels,
-standardised per pixel with the normal training images' mean and std (`fit_residual_statistics`,
-buffers ``residual_mean`` / ``residual_std``) and Gaussian-smoothed (σ = ``map_sigma``) — an anobench
-addition that the image score does not use.
+optionally standardised per pixel with the normal training images' mean and std (`fit_residual_statistics`,
+buffers ``residual_mean`` / ``residual_std``; identity until fitted), then Gaussian-smoothed
+(σ = ``map_sigma``) — an anobench addition that the image score does not use.
 """
 
 from __future__ import annotations
