@@ -16,6 +16,7 @@ from anobench.methods.uninformed_students import (
     StudentTeacherModel,
     TeacherConfig,
     UninformedStudents,
+    ensemble_dense,
     predictive_variance,
     prepare_teachers,
     pad_images,
@@ -51,6 +52,27 @@ def test_dense_descriptors_equal_per_patch_network(patch_size):
         for i, j in positions:
             reference = net(padded[:, :, i:i + patch_size, j:j + patch_size])
             torch.testing.assert_close(dense[:, :, i, j], reference, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("patch_size", [17, 33, 65])
+@pytest.mark.parametrize("padding", [True, False])
+def test_fused_students_equal_one_call_per_student_in_values_and_gradients(patch_size, padding):
+    """ensemble_dense (one grouped-convolution pass) = stacking each student's dense(), and each student's
+    parameters get the gradient its own call would give."""
+    torch.manual_seed(0)
+    students = torch.nn.ModuleList(PatchNet(patch_size, **SMALL) for _ in range(3))
+    images = torch.randn(2, 3, 70, 68)
+    fused = ensemble_dense(students, images, padding=padding)
+    looped = torch.stack([s.dense(images, padding=padding) for s in students])
+    assert fused.shape == looped.shape == (3, 2, 16, *looped.shape[-2:])
+    torch.testing.assert_close(fused, looped, atol=1e-5, rtol=1e-4)
+    weights = torch.randn_like(looped)
+    fused_grads = torch.autograd.grad((fused * weights).sum(), list(students.parameters()))
+    looped_grads = torch.autograd.grad((looped * weights).sum(), list(students.parameters()))
+    for a, b in zip(fused_grads, looped_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    single = ensemble_dense(students[:1], images, padding=padding)
+    torch.testing.assert_close(single, looped[:1])
 
 
 def test_training_crop_sees_the_same_descriptors_as_the_whole_image():
@@ -176,6 +198,45 @@ def test_compactness_and_triplet_losses():
     a = torch.zeros(3, 4)
     assert triplet_loss(a, a, a + 10, margin=1.0).item() == 0.0  # negatives far away
     assert triplet_loss(a, a + 1, a, margin=1.0).item() == pytest.approx(5.0)  # 1 + 4 − min(0, 4)
+
+
+def test_distillation_regresses_the_backbone_features_through_l_k():
+    """L_k: the decoded teacher descriptor regresses the backbone's feature vector of the same patch.
+
+    A small fixed backbone (random conv + pooling, its .fc dropped by DistillationTarget) gives 8-d
+    targets; 150 steps must bring L_k well below the loss of the best constant prediction (the targets'
+    spread). Without L_k in the loss the decoder never trains and cannot beat a constant.
+    """
+    from anobench.methods.uninformed_students.teacher import DistillationTarget, PatchSource, distill_teacher
+    from anobench.methods.uninformed_students.torch_model import normalize_images
+
+    class TinyBackbone(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 5, padding=2)
+            self.fc = torch.nn.Linear(8, 4)  # replaced by Identity, as a ResNet's
+
+        def forward(self, x):
+            return self.fc(F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 1).flatten(1))
+
+    torch.manual_seed(0)
+    target = DistillationTarget(TinyBackbone(), input_size=None)
+    gen = torch.Generator().manual_seed(0)
+    # low-frequency colour fields: patches differ from each other, so the targets spread
+    images = [F.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=(64, 64), mode="bilinear")[0] for _ in range(8)]
+
+    def l_k(steps: int) -> float:
+        torch.manual_seed(1)
+        net = PatchNet(17, **SMALL)
+        source = PatchSource(images, torch.Generator().manual_seed(2))
+        config = TeacherConfig(steps=steps, batch_size=32, lr=2e-3, lambda_c=0.1)
+        return distill_teacher(net, target, source, config, torch.device("cpu"))["loss_k"]
+
+    with torch.no_grad():  # the loss of the best constant prediction: the targets' spread around their mean
+        features = target(normalize_images(PatchSource(images, torch.Generator().manual_seed(3)).sample(512, 17)["anchor"]))
+        spread = (features - features.mean(dim=0)).pow(2).sum(dim=1).mean().item()
+    trained = l_k(150)
+    assert trained < 0.3 * spread, (trained, spread)
 
 
 def _image_folder(folder, n=3, size=48):

@@ -5,6 +5,7 @@ from anobench.methods.uninformed_students.teacher import BackboneSpec, TeacherCo
 from anobench.methods.uninformed_students.torch_model import (
     PatchNet,
     StudentTeacherModel,
+    ensemble_dense,
     pad_images,
     predictive_variance,
     regression_error,
@@ -16,6 +17,7 @@ __all__ = [
     "StudentTeacherModel",
     "TeacherConfig",
     "UninformedStudents",
+    "ensemble_dense",
     "predictive_variance",
     "pad_images",
     "prepare_teachers",

@@ -25,6 +25,7 @@ from anobench.methods.uninformed_students.torch_model import (
     PATCH_SIZES,
     PatchNet,
     StudentTeacherModel,
+    ensemble_dense,
     normalize_images,
     pad_images,
 )
@@ -161,7 +162,7 @@ class UninformedStudents(AnomalyModule):
             with torch.no_grad():
                 teacher = self.model.teachers[str(p)].dense(view, padding=padding)
                 target = (teacher - self.model.teacher_mean[k].view(1, -1, 1, 1)) / self.model.teacher_std[k].view(1, -1, 1, 1)
-            students = torch.stack([s.dense(view, padding=padding) for s in self.model.students[str(p)]])
+            students = ensemble_dense(self.model.students[str(p)], view, padding=padding)
             out[f"loss_p{p}"] = (students - target.unsqueeze(0)).pow(2).sum(dim=2).mean()
         out["loss"] = torch.stack([out[f"loss_p{p}"] for p in self.model.patch_sizes]).sum()
         return out

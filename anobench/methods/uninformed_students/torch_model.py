@@ -11,7 +11,8 @@ on every phase, and the phases are interleaved back at the end (`_unwarp`).
 
 from __future__ import annotations
 
-from typing import Iterable
+import functools
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,29 +74,64 @@ class PatchNet(nn.Module):
 
         padding=False: only patches that lie inside `images`, B×d×(H−p+1)×(W−p+1), the value at (i, j)
         being `forward` of the patch whose top-left corner is (i, j) (training on crops with context)."""
-        b, _, height, width = images.shape
-        half = (self.patch_size - 1) // 2 if padding else 0
-        out_h, out_w = (height, width) if padding else (height - self.patch_size + 1, width - self.patch_size + 1)
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f"PatchNet({self.patch_size}).dense(padding=False) needs at least "
-                             f"{self.patch_size}×{self.patch_size} pixels, got {height}×{width}")
-        stride = 2 ** self.n_pools
-        # extra bottom/right margin: phase splits trim at most a few trailing rows, all beyond the output
-        x = F.pad(pad_images(images, half), (0, 2 * stride, 0, 2 * stride))
-        phases = 1  # x: (phases·phases·B)×C×h×w, sub-grid (a, b) of the dense map at [a, b, batch]
-        for layer in self.layers:
-            if isinstance(layer, nn.MaxPool2d):
-                # dense stride-1 pool, then split each sub-grid by row/column parity (r, c): the new
-                # sub-grid index is a + phases·r (resp. b + phases·c), i.e. r outermost when flattened
-                x = F.max_pool2d(x, 2, stride=1).unflatten(0, (phases, phases, b))
-                rows, cols = x.shape[-2] // 2, x.shape[-1] // 2
-                split = torch.stack([torch.stack([x[..., r::2, c::2][..., :rows, :cols] for c in (0, 1)])
-                                     for r in (0, 1)])  # r, c, a, b, B, C, h, w
-                x = split.permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 2).flatten(0, 2)
-                phases *= 2
-            else:
-                x = layer(x)
-        return _unwarp(x, phases, b)[..., :out_h, :out_w]
+        return _dense(list(self.layers), self.n_pools, self.patch_size, images, padding)
+
+
+def ensemble_dense(students: Sequence[PatchNet], images: torch.Tensor, padding: bool = True) -> torch.Tensor:
+    """`PatchNet.dense` of every student in one pass: M×B×d×H×W (same values as stacking M calls).
+
+    The students share an architecture, so their convolutions fuse into one: the first layer's M weight
+    tensors concatenate along the output channels (every student reads the same 3 input channels), every
+    later layer becomes a grouped convolution with M groups (student m's channels only see student m's).
+    Gradients flow back to each student's own parameters, so training uses it too; the state dict keeps
+    one PatchNet per student (checkpoints and the teacher cache are unchanged). Compared with
+    torch.func.stack_module_state + vmap this needs no second copy of the parameters for the optimiser.
+    """
+    students = list(students)
+    first = students[0]
+    if len(students) == 1:
+        return first.dense(images, padding)[None]
+    layers: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    n_convs = 0
+    for i, layer in enumerate(first.layers):
+        if isinstance(layer, nn.Conv2d):
+            weight = torch.cat([s.layers[i].weight for s in students])
+            bias = torch.cat([s.layers[i].bias for s in students])
+            groups = 1 if n_convs == 0 else len(students)
+            layers.append(functools.partial(F.conv2d, weight=weight, bias=bias, groups=groups))
+            n_convs += 1
+        else:
+            layers.append(layer)
+    out = _dense(layers, first.n_pools, first.patch_size, images, padding)  # B×(M·d)×H×W
+    return out.unflatten(1, (len(students), first.descriptor_dim)).transpose(0, 1)
+
+
+def _dense(layers: Sequence[Callable[[torch.Tensor], torch.Tensor]], n_pools: int, patch_size: int,
+           images: torch.Tensor, padding: bool) -> torch.Tensor:
+    """Fast dense extraction (see the module docstring) through `layers`; nn.MaxPool2d marks a pool."""
+    b, _, height, width = images.shape
+    half = (patch_size - 1) // 2 if padding else 0
+    out_h, out_w = (height, width) if padding else (height - patch_size + 1, width - patch_size + 1)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"PatchNet({patch_size}).dense(padding=False) needs at least "
+                         f"{patch_size}×{patch_size} pixels, got {height}×{width}")
+    stride = 2 ** n_pools
+    # extra bottom/right margin: phase splits trim at most a few trailing rows, all beyond the output
+    x = F.pad(pad_images(images, half), (0, 2 * stride, 0, 2 * stride))
+    phases = 1  # x: (phases·phases·B)×C×h×w, sub-grid (a, b) of the dense map at [a, b, batch]
+    for layer in layers:
+        if isinstance(layer, nn.MaxPool2d):
+            # dense stride-1 pool, then split each sub-grid by row/column parity (r, c): the new
+            # sub-grid index is a + phases·r (resp. b + phases·c), i.e. r outermost when flattened
+            x = F.max_pool2d(x, 2, stride=1).unflatten(0, (phases, phases, b))
+            rows, cols = x.shape[-2] // 2, x.shape[-1] // 2
+            split = torch.stack([torch.stack([x[..., r::2, c::2][..., :rows, :cols] for c in (0, 1)])
+                                 for r in (0, 1)])  # r, c, a, b, B, C, h, w
+            x = split.permute(0, 2, 1, 3, 4, 5, 6, 7).flatten(0, 1).flatten(1, 2).flatten(0, 2)
+            phases *= 2
+        else:
+            x = layer(x)
+    return _unwarp(x, phases, b)[..., :out_h, :out_w]
 
 
 def pad_images(images: torch.Tensor, half: int) -> torch.Tensor:
@@ -166,8 +202,8 @@ class StudentTeacherModel(nn.Module):
         return (out - self.teacher_mean[k].view(1, -1, 1, 1)) / self.teacher_std[k].view(1, -1, 1, 1)
 
     def student_outputs(self, x: torch.Tensor, scale: int) -> torch.Tensor:
-        """All students' dense predictions: M×B×d×H×W."""
-        return torch.stack([student.dense(x) for student in self.students[str(scale)]])
+        """All students' dense predictions: M×B×d×H×W (one fused pass, `ensemble_dense`)."""
+        return ensemble_dense(self.students[str(scale)], x)
 
     def error_and_variance(self, images: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Raw (unstandardised) regression error and predictive variance per scale, each B×H×W."""
