@@ -2,7 +2,7 @@
 
 Both metrics only need two things from a category's maps and masks:
 
-* the scores of all GT-negative pixels, sorted ascending, and
+* the scores of all GT-negative pixels, sorted ascending (in a few chunks sorted in parallel), and
 * the scores of all GT-positive pixels, each with 1 / (area of its GT region).
 
 Splitting the pixels once into those buffers costs about one copy of the scores and no index
@@ -13,7 +13,9 @@ of the caller's maps; sorting only values (not indices) keeps it fast.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,17 +30,100 @@ REGION_STRUCTURE = np.ones((3, 3), dtype=int)
 class PixelSplit:
     """Scores of a category's pixels, split by ground truth.
 
-    neg_sorted:  scores of GT-negative pixels, ascending.
+    neg_chunks:  scores of GT-negative pixels in a few chunks, each sorted ascending (sorted in
+                 parallel threads; merging them would cost as much as the sort, and counting needs none).
     pos_scores:  scores of GT-positive pixels, in image order.
     pos_weights: 1 / area of the GT region each positive pixel belongs to (float64), or None when
                  regions were not requested.
     n_regions:   number of GT connected components over all images (0 when not requested).
     """
 
-    neg_sorted: np.ndarray
+    neg_chunks: tuple[np.ndarray, ...]
     pos_scores: np.ndarray
     pos_weights: np.ndarray | None
     n_regions: int
+
+    @property
+    def n_neg(self) -> int:
+        return sum(c.size for c in self.neg_chunks)
+
+    def count_neg_below(self, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per ascending threshold t, the numbers of negatives < t and <= t (int64 each).
+
+        The binary searches (per chunk, per side) run in threads: numpy searches without the GIL."""
+        tasks = [(chunk, side) for side in ("left", "right") for chunk in self.neg_chunks]
+        with ThreadPoolExecutor(min(len(tasks), available_cpus())) as pool:
+            found = list(pool.map(lambda task: np.searchsorted(task[0], thresholds, side=task[1]), tasks))
+        half = len(self.neg_chunks)
+        below = np.sum(found[:half], axis=0, dtype=np.int64) if half else np.zeros(thresholds.size, np.int64)
+        below_or_equal = np.sum(found[half:], axis=0, dtype=np.int64) if half else below.copy()
+        return below, below_or_equal
+
+    @functools.cached_property
+    def ranking(self) -> "PositiveRanking":
+        """The distinct positive scores with their counts, weights and negatives below (computed once,
+        shared by pixel AU-ROC and AU-PRO)."""
+        return rank_positives(self)
+
+
+@dataclass(frozen=True)
+class PositiveRanking:
+    """Per distinct GT-positive score t (ascending): how many positives have it, the sum of their region
+    weights (None without regions), and how many negatives are < t and <= t."""
+
+    thresholds: np.ndarray
+    counts: np.ndarray
+    weight_sums: np.ndarray | None
+    neg_below: np.ndarray
+    neg_below_or_equal: np.ndarray
+
+
+def rank_positives(split: PixelSplit) -> PositiveRanking:
+    """Sort the positives once (with their weights when regions were computed) and count negatives."""
+    scores = split.pos_scores
+    if split.pos_weights is None:
+        ordered, weights = np.sort(scores), None
+    else:
+        order = argsort_scores(scores)
+        ordered, weights = scores[order], split.pos_weights[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])) if ordered.size else np.zeros(0, int)
+    thresholds = ordered[starts]
+    counts = np.diff(np.append(starts, ordered.size))
+    weight_sums = np.add.reduceat(weights, starts) if weights is not None and starts.size else weights
+    return PositiveRanking(thresholds, counts, weight_sums, *split.count_neg_below(thresholds))
+
+
+def argsort_scores(scores: np.ndarray) -> np.ndarray:
+    """Ascending argsort (order inside ties arbitrary). float32: one sort of 64-bit keys (order-preserving
+    bits of the score, index in the low half), faster than np.argsort; other dtypes use np.argsort."""
+    if scores.dtype != np.float32 or scores.size >= 2**32:
+        return np.argsort(scores)
+    bits = scores.view(np.uint32).astype(np.uint64)
+    keys = np.where(bits >> 31, ~bits & 0xFFFFFFFF, bits | 0x80000000)  # IEEE order → unsigned order
+    keys = (keys << 32) | np.arange(scores.size, dtype=np.uint64)
+    keys.sort()
+    return (keys & 0xFFFFFFFF).astype(np.intp)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def sort_in_chunks(values: np.ndarray, min_chunk: int = 1 << 22) -> tuple[np.ndarray, ...]:
+    """Sort `values` in place as up to one chunk per available CPU (threads: numpy sorts without the GIL)."""
+    n_chunks = max(1, min(available_cpus(), 8, values.size // min_chunk))
+    bounds = np.linspace(0, values.size, n_chunks + 1).astype(np.int64)
+    chunks = tuple(values[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+    if n_chunks == 1:
+        values.sort()
+        return (values,)
+    with ThreadPoolExecutor(n_chunks) as pool:
+        list(pool.map(np.ndarray.sort, chunks))
+    return chunks
 
 
 def as_bool_mask(mask: np.ndarray) -> np.ndarray:
@@ -102,14 +187,14 @@ def pixel_metrics_memory(masks: Sequence[np.ndarray], dtype: np.dtype) -> int:
     """Bytes the pixel metrics allocate for these masks beyond the caller's maps (an upper estimate).
 
     One copy of every score (negatives sorted in place), plus per positive pixel its region weight,
-    a sorted copy, an argsort index and the cumulative sums (≈ 5 × 8 bytes), plus one full-size map
-    at a time while upsampling, and 10 % slack.
+    the sort keys and index, the sorted scores and weights, and the four per-threshold counts
+    (≈ itemsize + 9 × 8 bytes), plus one full-size map at a time while upsampling, and 10 % slack.
     """
     n_all = sum(int(np.size(m)) for m in masks)
     n_pos = sum(int(np.count_nonzero(m)) for m in masks)
     largest = max((int(np.size(m)) for m in masks), default=0)
     itemsize = np.dtype(dtype).itemsize
-    return int(1.1 * (n_all * itemsize + n_pos * (itemsize + 40) + largest * (itemsize + 8)))
+    return int(1.1 * (n_all * itemsize + n_pos * (2 * itemsize + 72) + largest * (itemsize + 8)))
 
 
 def check_memory(masks: Sequence[np.ndarray], dtype: np.dtype, available: int | None = None) -> None:
@@ -165,8 +250,7 @@ def split_pixels(
             n_regions += n_comp
         j_neg += a.size - k
         j_pos += k
-    neg.sort()
-    return PixelSplit(neg_sorted=neg, pos_scores=pos, pos_weights=weights, n_regions=n_regions)
+    return PixelSplit(neg_chunks=sort_in_chunks(neg), pos_scores=pos, pos_weights=weights, n_regions=n_regions)
 
 
 def warn_undefined(what: str, why: str) -> float:

@@ -58,19 +58,17 @@ def pixel_auroc(anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray])
 
 
 def auroc_from_split(split: PixelSplit) -> float:
-    """Tie-aware AU-ROC (Mann-Whitney U) from sorted negatives and the positives' scores.
+    """Tie-aware AU-ROC (Mann-Whitney U) from the split pixels.
 
-    AUC = P(pos > neg) + 0.5 P(pos == neg). For each positive, the number of negatives strictly
-    below (searchsorted left) and below-or-equal (right) gives its contribution (lo + hi) / 2, so
-    AUC = (sum lo + sum hi) / (2 P N), summed in exact integers.
+    AUC = P(pos > neg) + 0.5 P(pos == neg). For each distinct positive score t held by c positives,
+    the negatives strictly below t (lo) and below or equal (hi) contribute c·(lo + hi) / 2, so
+    AUC = Σ c·(lo + hi) / (2 P N), summed in exact integers.
     """
-    neg = split.neg_sorted
-    n_neg, n_pos = neg.size, split.pos_scores.size
+    n_neg, n_pos = split.n_neg, split.pos_scores.size
     if n_pos == 0:
         return warn_undefined("pixel AU-ROC", "no anomalous pixels in the masks")
     if n_neg == 0:
         return warn_undefined("pixel AU-ROC", "no normal pixels in the masks")
-    pos = np.sort(split.pos_scores)  # sorted queries make searchsorted cache-friendly
-    below = int(np.searchsorted(neg, pos, side="left").sum())
-    below_or_equal = int(np.searchsorted(neg, pos, side="right").sum())
-    return (below + below_or_equal) / (2 * n_pos * n_neg)
+    r = split.ranking
+    pairs = int(np.dot(r.counts, r.neg_below)) + int(np.dot(r.counts, r.neg_below_or_equal))
+    return pairs / (2 * n_pos * n_neg)

@@ -70,9 +70,9 @@ def pro_curve(anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -
     """
     maps, masks = check_pairs(anomaly_maps, masks)
     split = split_pixels(maps.__getitem__, masks, common_score_dtype(maps), with_regions=True)
-    n_neg, n_regions = split.neg_sorted.size, split.n_regions
+    n_neg, n_regions = split.n_neg, split.n_regions
     _pro_defined(split, "the PRO curve")
-    scores = np.concatenate([split.neg_sorted, split.pos_scores])
+    scores = np.concatenate([*split.neg_chunks, split.pos_scores])
     order = np.argsort(scores, kind="stable")[::-1]  # descending
     scores = scores[order]
     run_end = np.append(scores[1:] != scores[:-1], True)  # keep the last point of each tie run
@@ -119,7 +119,7 @@ def _pro_defined(split: PixelSplit, what: str) -> bool:
     if split.n_regions == 0:
         warn_undefined(what, "the masks contain no anomalous region")
         return False
-    if split.neg_sorted.size == 0:
+    if split.n_neg == 0:
         warn_undefined(what, "the masks contain no normal pixel, so FPR has no denominator")
         return False
     return True
@@ -134,18 +134,13 @@ def _reduced_curve(split: PixelSplit) -> tuple[np.ndarray, np.ndarray]:
     t and A of the next only negatives enter, so the exact curve is horizontal there. A final point
     at the lowest score (FPR = 1) closes the horizontal run after the last positive score.
     """
-    neg = split.neg_sorted
-    n_neg, n_regions = neg.size, split.n_regions
-    order = np.argsort(split.pos_scores)[::-1]  # descending; order inside ties is irrelevant
-    scores = split.pos_scores[order]
-    pro_cum = np.cumsum(split.pos_weights[order])
-    run_end = np.append(scores[1:] != scores[:-1], True)
-    thresholds = scores[run_end]  # distinct, descending
-    pro_ge = pro_cum[run_end] / n_regions
+    n_neg, n_regions = split.n_neg, split.n_regions
+    r = split.ranking  # ascending distinct positive scores; the curve runs from the highest down
+    thresholds = r.thresholds[::-1]
+    pro_ge = np.cumsum(r.weight_sums[::-1]) / n_regions
     pro_gt = np.concatenate([[0.0], pro_ge[:-1]])
-    ascending = thresholds[::-1]
-    fp_ge = n_neg - np.searchsorted(neg, ascending, side="left")[::-1]
-    fp_gt = n_neg - np.searchsorted(neg, ascending, side="right")[::-1]
+    fp_ge = (n_neg - r.neg_below)[::-1]
+    fp_gt = (n_neg - r.neg_below_or_equal)[::-1]
     k = thresholds.size
     fprs = np.empty(2 * k + 1)
     pros = np.empty(2 * k + 1)

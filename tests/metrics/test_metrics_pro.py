@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
+from sklearn.metrics import roc_auc_score
 
 from anobench.metrics import aupro, pro_curve, trapezoid
 
@@ -303,3 +304,39 @@ def test_pro_curve_without_regions_has_nan_pros():
         fprs, pros = pro_curve([np.array([[0.2, 0.1]])], [np.zeros((1, 2), bool)])
     np.testing.assert_allclose(fprs, [0, 0.5, 1, 1])
     assert np.isnan(pros[1:-1]).all() and pros[0] == 0 and pros[-1] == 1
+
+
+# --- the shared pixel bookkeeping: parallel chunks and the float32 key sort -------------------------
+def test_argsort_scores_orders_float32_like_numpy_including_negatives_zeros_and_ties():
+    from anobench.metrics._pixels import argsort_scores
+
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.standard_normal(500), [-0.0, 0.0, 0.0, -1e-30, 1e-30, -3.5, -3.5, 7.0]])
+    scores = scores.astype(np.float32)
+    rng.shuffle(scores)
+    order = argsort_scores(scores)
+    assert sorted(order.tolist()) == list(range(scores.size))  # a permutation
+    np.testing.assert_array_equal(scores[order], np.sort(scores))
+
+
+@pytest.mark.parametrize("n_chunks", [1, 2, 3, 5])
+def test_metrics_do_not_depend_on_how_negatives_are_chunked(n_chunks):
+    """Negatives are sorted in per-CPU chunks that are never merged; any chunking gives the same counts."""
+    from dataclasses import replace
+
+    from anobench.metrics._pixels import split_pixels
+    from anobench.metrics.auroc import auroc_from_split
+    from anobench.metrics.pro import aupro_from_split
+
+    rng = np.random.default_rng(1)
+    masks = [rng.random((40, 40)) > 0.9 for _ in range(4)] + [np.zeros((40, 40), bool)]
+    maps = [np.round(rng.random((40, 40)) + 0.3 * m, 2).astype(np.float32) for m in masks]  # many ties
+    whole = split_pixels(maps.__getitem__, masks, np.dtype(np.float32), with_regions=True)
+    negatives = np.concatenate(whole.neg_chunks)
+    rng.shuffle(negatives)
+    chunks = tuple(np.sort(c) for c in np.array_split(negatives, n_chunks))
+    chunked = replace(whole, neg_chunks=chunks)
+    assert auroc_from_split(chunked) == auroc_from_split(whole)
+    assert aupro_from_split(chunked, 0.3) == pytest.approx(aupro_from_split(whole, 0.3), abs=1e-12)
+    assert auroc_from_split(whole) == pytest.approx(roc_auc_score(
+        np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps])), abs=1e-12)
