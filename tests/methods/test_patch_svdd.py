@@ -53,6 +53,16 @@ def test_encoder_shapes_and_shared_small_encoder():
     assert not PositionClassifier(64).fc3.weight.requires_grad  # official: the WN weight gets no gradient
 
 
+def test_one_small_encoder_pass_for_both_patch_sizes_equals_two():
+    """Training encodes the K = 64 sub-patches and the K = 32 patches in one pass: same embeddings."""
+    torch.manual_seed(0)
+    hier = EncoderHier(64)
+    big, small = torch.rand(3, 3, 64, 64) - 0.5, torch.rand(5, 3, 32, 32) - 0.5
+    h_big, h_small = hier.forward_with_small(big, small)
+    torch.testing.assert_close(h_big, hier(big), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(h_small, hier.enc(small), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("size", [150, 256])
 def test_dense_embeddings_equal_patch_by_patch(size):
     torch.manual_seed(0)

@@ -86,20 +86,22 @@ class PatchSVDD(AnomalyModule):
         n, _, height, width = images.shape
         check_image_size(height, width, BIG_K)
         x = self.model.normalize(images)
-        encoders = {BIG_K: self.model.encoder, SMALL_K: self.model.encoder_small}
         classifiers = {BIG_K: self.classifier_64, SMALL_K: self.classifier_32}
+        patches, labels = {}, {}
+        for k in (BIG_K, SMALL_K):
+            c1, c2, labels[k] = sample_position_pairs(n, height, width, k)
+            s1, s2 = sample_svdd_pairs(n, height, width, k)
+            patches[k] = torch.cat([self._perturb(crop_patches(x, c1, k)), self._perturb(crop_patches(x, c2, k)),
+                                    crop_patches(x, s1, k), crop_patches(x, s2, k)])
+        # one pass of the shared K = 32 encoder for both K (the K = 64 sub-patches and the K = 32 patches)
+        embeddings = dict(zip((BIG_K, SMALL_K), self.model.encoder.forward_with_small(patches[BIG_K], patches[SMALL_K])))
         out: dict[str, torch.Tensor] = {}
         for k in (BIG_K, SMALL_K):
-            c1, c2, labels = sample_position_pairs(n, height, width, k)
-            s1, s2 = sample_svdd_pairs(n, height, width, k)
-            pos = torch.cat([self._perturb(crop_patches(x, c1, k)), self._perturb(crop_patches(x, c2, k))])
-            svdd = torch.cat([crop_patches(x, s1, k), crop_patches(x, s2, k)])
-            h = encoders[k](torch.cat([pos, svdd]))  # one encoder pass for both tasks
-            h_pos1, h_pos2, h_svdd1, h_svdd2 = h.split(n, dim=0)
+            h_pos1, h_pos2, h_svdd1, h_svdd2 = embeddings[k].split(n, dim=0)
             logits = classifiers[k](h_pos1, h_pos2)
-            labels = labels.to(logits.device)
-            out[f"loss_pos_{k}"] = F.cross_entropy(logits, labels)
-            out[f"acc_pos_{k}"] = (logits.argmax(dim=1) == labels).float().mean()
+            target = labels[k].to(logits.device)
+            out[f"loss_pos_{k}"] = F.cross_entropy(logits, target)
+            out[f"acc_pos_{k}"] = (logits.argmax(dim=1) == target).float().mean()
             out[f"loss_svdd_{k}"] = (h_svdd1 - h_svdd2).flatten(1).norm(dim=1).mean()
         out["loss"] = (
             out[f"loss_pos_{BIG_K}"]

@@ -89,13 +89,18 @@ class EncoderHier(nn.Module):
         return torch.tanh(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_small(x, x[:0, :, : x.shape[-2] // 2, : x.shape[-1] // 2])[0]
+
+    def forward_with_small(self, x: torch.Tensor, small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of K = 64 patches `x` and of K = 32 patches `small` (by the inner encoder) with one
+        pass of the shared small encoder over the 4 sub-patches of every big patch and the small ones."""
         n, k = x.shape[0], x.shape[-1] // 2
         quads = torch.cat(
-            [x[..., :k, :k], x[..., :k, k:], x[..., k:, :k], x[..., k:, k:]], dim=0
-        )  # 4n sub-patches, same order as the official forward_hier
-        h1, h2, h3, h4 = self.enc(quads).split(n, dim=0)
+            [x[..., :k, :k], x[..., :k, k:], x[..., k:, :k], x[..., k:, k:], small], dim=0
+        )  # 4n sub-patches, same order as the official forward_hier, then the K = 32 patches
+        h1, h2, h3, h4, h_small = self.enc(quads).split([n, n, n, n, small.shape[0]], dim=0)
         tiled = torch.cat([torch.cat([h1, h2], dim=3), torch.cat([h3, h4], dim=3)], dim=2)
-        return self.head(tiled)
+        return self.head(tiled), h_small
 
 
 class NormalizedLinear(nn.Module):
