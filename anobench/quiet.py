@@ -1,6 +1,9 @@
 """Targeted silencing of third-party console noise in the train/eval path (nothing else is filtered):
 
 - Lightning's advertising tips ("💡 Tip: ... litlogger / litmodels"), logged at INFO by its rank-zero logger;
+- faiss's loader INFO lines ("Loading faiss with AVX2 support ... Could not load library ... No module
+  named 'faiss.swigfaiss_avx2'"): how the wheel picked its build, printed on every Patch SVDD test
+  (its warnings and errors still show);
 - torch's FutureWarning "`isinstance(treespec, LeafSpec)` is deprecated", raised inside Lightning's own
   pytree helper (not our code; nothing to change on our side).
 
@@ -31,4 +34,5 @@ def quiet_third_party() -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)

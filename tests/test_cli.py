@@ -147,7 +147,7 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 def test_a_plain_train_leaves_committed_results_alone_prints_only_its_rows_and_no_noise(tmp_path):
     """As in a fresh clone: `anobench train` (no results dir given) writes to outputs/, never results/; the
     terminal shows this run's row, no mean over other categories, says where the files went, and carries
-    none of Lightning's / torch's noise (advert tip, LeafSpec deprecation, weights_only note)."""
+    none of Lightning's / torch's / faiss's noise (advert tip, LeafSpec deprecation, weights_only note, faiss loader)."""
     import os
     import subprocess
     import sys
@@ -175,5 +175,5 @@ def test_a_plain_train_leaves_committed_results_alone_prints_only_its_rows_and_n
     assert "washer" in proc.stdout and "weave" not in proc.stdout and "Mean" not in proc.stdout
     assert str(Path("outputs") / "leaderboard.md") in proc.stdout and str(result_path.parent.name) in proc.stdout
     output = proc.stdout + proc.stderr
-    for noise in ("💡 Tip", "litlogger", "LeafSpec", "weights_only"):
+    for noise in ("💡 Tip", "litlogger", "LeafSpec", "weights_only", "faiss.loader"):
         assert noise not in output, f"{noise!r} printed:\n{output[-3000:]}"
