@@ -33,6 +33,29 @@ def load_run_config(checkpoint: Path) -> DictConfig:
     return OmegaConf.load(config_path)
 
 
+def apply_overrides(run_cfg: DictConfig, overrides: DictConfig | dict) -> None:
+    """Set each dotted key of `overrides` (nested) in the run's config; a key the run lacks is an error."""
+    flat = _flatten(OmegaConf.to_container(overrides) if isinstance(overrides, DictConfig) else overrides)
+    for key, value in flat.items():
+        if OmegaConf.select(run_cfg, key, default=_MISSING) is _MISSING:
+            raise ConfigError(f"overrides.{key}: the run's config has no key {key!r} "
+                              "(anobench eval only changes settings the trained run already has)")
+        OmegaConf.update(run_cfg, key, value, merge=False)
+
+
+_MISSING = object()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Re-test the model in `cfg.checkpoint` and record the result."""
     checkpoint = Path(cfg.checkpoint)
@@ -46,6 +69,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if cfg.evaluation[key] is not None:
             run_cfg.evaluation[key] = cfg.evaluation[key]
     run_cfg.visualize = eval_visualize_settings(run_cfg, cfg)
+    apply_overrides(run_cfg, cfg.get("overrides") or {})
 
     run_dir = run_dir_from_hydra()
     run_dir.mkdir(parents=True, exist_ok=True)
