@@ -54,10 +54,8 @@ class PixelSplit:
         tasks = [(chunk, side) for side in ("left", "right") for chunk in self.neg_chunks]
         with ThreadPoolExecutor(min(len(tasks), available_cpus())) as pool:
             found = list(pool.map(lambda task: np.searchsorted(task[0], thresholds, side=task[1]), tasks))
-        half = len(self.neg_chunks)
-        below = np.sum(found[:half], axis=0, dtype=np.int64) if half else np.zeros(thresholds.size, np.int64)
-        below_or_equal = np.sum(found[half:], axis=0, dtype=np.int64) if half else below.copy()
-        return below, below_or_equal
+        half = len(self.neg_chunks)  # at least one chunk (sort_in_chunks), possibly empty
+        return np.sum(found[:half], axis=0, dtype=np.int64), np.sum(found[half:], axis=0, dtype=np.int64)
 
     @functools.cached_property
     def ranking(self) -> "PositiveRanking":
@@ -116,11 +114,11 @@ def available_cpus() -> int:
 def sort_in_chunks(values: np.ndarray, min_chunk: int = 1 << 22) -> tuple[np.ndarray, ...]:
     """Sort `values` in place as up to one chunk per available CPU (threads: numpy sorts without the GIL)."""
     n_chunks = max(1, min(available_cpus(), 8, values.size // min_chunk))
-    bounds = np.linspace(0, values.size, n_chunks + 1).astype(np.int64)
-    chunks = tuple(values[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
     if n_chunks == 1:
         values.sort()
         return (values,)
+    bounds = np.linspace(0, values.size, n_chunks + 1).astype(np.int64)
+    chunks = tuple(values[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
     with ThreadPoolExecutor(n_chunks) as pool:
         list(pool.map(np.ndarray.sort, chunks))
     return chunks
