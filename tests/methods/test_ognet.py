@@ -192,6 +192,19 @@ def test_gaussian_blur_smooths_and_keeps_constants():
     assert torch.equal(gaussian_blur(impulse, 0.0), impulse)
 
 
+def test_map_standardisation_is_fitted_at_test_start_only_when_asked():
+    """Default: prepare_inference leaves the map the smoothed raw residual (identity statistics);
+    map_standardize=True fits the per-pixel statistics on the training images there."""
+    train = [{"image": torch.rand(4, 3, 64, 64)}, {"image": torch.rand(4, 3, 64, 64)}]
+    for standardize in (False, True):
+        torch.manual_seed(0)
+        module = OGNet(image_size=64, map_standardize=standardize)
+        module.prepare_inference(train)
+        model = module.model
+        fitted = not (torch.all(model.residual_mean == 0) and torch.all(model.residual_std == 1))
+        assert fitted is standardize
+
+
 def test_pixel_map_is_standardised_with_training_statistics():
     """A pixel where G is bad on every normal image (a fixed, normal structure) must not outscore a defect.
 
