@@ -83,6 +83,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         datamodule, module = build_run(run_cfg)
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
+        if state.get("global_step") is not None:  # a step<N>.ckpt holds fewer steps than the run that wrote it
+            record["budget"] = {**record["budget"], "global_step": int(state["global_step"])}
         trainer = build_trainer(run_cfg.trainer, run_dir, logger=False)
         run_test_and_record(trainer, module, datamodule, record, run_cfg, run_dir, timings)
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from anobench.errors import ConfigError
 from anobench.quiet import quiet_third_party
 from anobench.results.identity import config_hash
 from anobench.results.publish import write_leaderboard
@@ -51,6 +52,26 @@ def is_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+class StepCheckpoints(L.Callback):
+    """Save ``<run dir>/checkpoints/step<N>.ckpt`` when training reaches each of `steps` (config `checkpoint_steps`).
+
+    One run then yields the models of several smaller budgets (scripts/learning_curves.py evaluates them):
+    the weights at step N are those of a run with ``max_steps=N`` and the same seed, as long as nothing in
+    the method depends on ``max_steps`` itself (OGNet's phase split and NBS's end-of-fit predictor refit do).
+    """
+
+    def __init__(self, run_dir: Path, steps: list[int]) -> None:
+        self.directory = run_dir / "checkpoints"
+        self.steps = sorted({int(s) for s in steps})
+        if any(s < 1 for s in self.steps):
+            raise ConfigError(f"checkpoint_steps: expected positive step counts, got {list(steps)}")
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if step in self.steps and not (self.directory / f"step{step}.ckpt").exists():
+            trainer.save_checkpoint(self.directory / f"step{step}.ckpt", weights_only=False)
 
 
 def build_trainer(trainer_cfg: DictConfig, run_dir: Path, **overrides: Any) -> L.Trainer:
@@ -245,7 +266,8 @@ def train_and_record(cfg: DictConfig) -> dict[str, Any]:
 
     def body(timings: dict[str, float]) -> None:
         datamodule, module = build_run(cfg)
-        trainer = build_trainer(cfg.trainer, run_dir)
+        steps = list(cfg.get("checkpoint_steps") or [])
+        trainer = build_trainer(cfg.trainer, run_dir, **({"callbacks": [StepCheckpoints(run_dir, steps)]} if steps else {}))
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         timings["train_s"] = time.perf_counter() - start
