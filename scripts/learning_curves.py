@@ -36,8 +36,8 @@ STEP_GRID: dict[str, tuple[list[int], str]] = {
     "gradcon": ([30, 60, 120], "prefix"),
     "memae": ([75, 150, 300], "prefix"),
     "mnad": ([50, 100, 200], "prefix"),
-    "nbs": ([150, 300, 600], "separate"),
-    "ognet": ([200, 400, 800], "separate"),
+    "nbs": ([150, 300, 600, 1200], "separate"),
+    "ognet": ([200, 400, 800, 1600], "separate"),
     "patch_svdd": ([30, 60, 120], "prefix"),
     "synthcp": ([100, 200, 400, 800], "prefix"),
     "uninformed_students": ([60, 300, 1200], "prefix"),
@@ -141,6 +141,11 @@ def collect(work: Path) -> list[dict]:
         rows.append({
             "method": method, "category": record["category"], "seed": record["seed"], "steps": steps,
             **{m: round(record["metrics"][m], 4) for m in METRICS},
+            "image_auroc_map_max": round(record["metrics"].get("image_auroc_map_max", float("nan")), 4),
+            # GradCon: each part of its score alone (its README, "Score parts")
+            "score_part_aurocs": ";".join(f"{name}={part['image_auroc']:.3f}" for name, part in
+                                          ((record.get("evaluation") or {}).get("score_parts") or {}).items()
+                                          if isinstance(part, dict)),
             "train_s": round(train_s, 1), "inference_s": round(timings.get("inference_s", 0.0), 1),
             "source": source, "nn_search": (record.get("evaluation") or {}).get("nearest_neighbour", {}).get("search", ""),
             "git_sha": (record.get("git_sha") or "")[:12], "cpu": (record.get("device") or {}).get("cpu", ""),

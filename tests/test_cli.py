@@ -60,30 +60,6 @@ def test_train_writes_valid_result_and_eval_reproduces_it(run_cli, tmp_path):
     # between the two exact searches reorder near-tied image scores)
 
 
-def test_step_checkpoints_hold_the_weights_of_the_smaller_budget(run_cli, tmp_path):
-    """checkpoint_steps=[1] in a 3-step run saves the model a 1-step run with the same seed ends with; eval
-    of it records 1 step (the learning curves rest on both)."""
-    import torch
-
-    common = ("trainer=smoke", "method=memae", "data=synthetic/weave", "visualize.enabled=false", "trainer.max_epochs=-1",
-              *SMALL_RUN)
-    run_cli("train", *common, "trainer.max_steps=3", "checkpoint_steps=[1]")
-    run_cli("train", *common, "trainer.max_steps=1")
-    long_run, short_run = sorted(_results(tmp_path), key=lambda r: -r["budget"]["global_step"])
-    assert (long_run["budget"]["global_step"], short_run["budget"]["global_step"]) == (3, 1)
-    step1 = Path(long_run["checkpoint"]).parent / "step1.ckpt"
-    early = torch.load(step1, map_location="cpu", weights_only=False)["state_dict"]
-    short = torch.load(short_run["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    final = torch.load(long_run["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    assert early.keys() == short.keys()
-    assert all(torch.equal(early[k], short[k]) for k in early)
-    assert not all(torch.equal(early[k], final[k]) for k in early)  # step 1 is not just the last model again
-
-    run_cli("eval", f"checkpoint={step1}")
-    (evaluated,) = [r for r in _results(tmp_path) if r["task"] == "eval"]
-    assert evaluated["status"] == "ok" and evaluated["budget"]["global_step"] == 1
-
-
 def test_eval_overrides_only_keys_the_run_has():
     from omegaconf import OmegaConf
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 
@@ -45,3 +46,42 @@ def test_suite_costs_sums_the_recorded_timings_per_method(tmp_path):
     missing = subprocess.run([sys.executable, "scripts/suite_costs.py", str(tmp_path / "nope")], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "nope/runs: no such folder" in missing.stderr
+
+
+def test_learning_curves_plan_and_table_from_recorded_runs(tmp_path):
+    """The plan: one run with step checkpoints (+ evals) for a prefix method, one run per budget otherwise;
+    the table: mean and [min, max] over seeds, a step checkpoint's train time is its share of its run."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import learning_curves as lc
+    from anobench.results.record import write_result
+
+    (memae,) = lc.plan(["memae"], [0], "bottle", "/m", tmp_path)
+    steps = lc.STEP_GRID["memae"][0]
+    assert f"trainer.max_steps={max(steps)}" in memae.args
+    assert f"checkpoint_steps=[{','.join(map(str, steps[:-1]))}]" in memae.args
+    assert [j.args[0] for j in memae.then] == ["eval"] * (len(steps) - 1)
+    assert len(lc.plan(["ognet"], [0, 1], "bottle", "/m", tmp_path)) == 2 * len(lc.STEP_GRID["ognet"][0])
+
+    def record(seed, task, steps, image, run, **extra):
+        return {"method": "memae", "dataset": "mvtec", "category": "bottle", "seed": seed, "status": "ok",
+                "task": task, "budget": {"global_step": steps}, "device": {"cpu": "cpu-x"}, "git_sha": "abc",
+                "config": {"torch_threads": 1}, "metrics": {"image_auroc": image, "pixel_auroc": 0.6, "pro": 0.3},
+                "timings": {"inference_s": 5.0, **({"train_s": 100.0} if task == "train" else {})}, **extra}
+
+    for seed, (early, late) in enumerate([(0.55, 0.7), (0.65, 0.8)]):
+        runs = tmp_path / "runs" / "memae" / f"seed{seed}"
+        write_result(runs / "train200", record(seed, "train", 200, late, "train200"))
+        write_result(runs / "eval50", record(seed, "eval", 50, early, "eval50",
+                                             source_checkpoint=str(runs / "train200" / "checkpoints" / "step50.ckpt")))
+    write_result(tmp_path / "runs" / "memae" / "seed2" / "train200", {**record(2, "train", 200, 0.1, "x"),
+                                                                      "status": "failed"})
+    proc = subprocess.run([sys.executable, "scripts/learning_curves.py", "--collect-only", "--work", str(tmp_path),
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "bottle.csv")))
+    assert [(r["seed"], r["steps"], r["train_s"]) for r in rows] == [("0", "50", "25.0"), ("1", "50", "25.0"),
+                                                                     ("0", "200", "100.0"), ("1", "200", "100.0")]
+    table = (tmp_path / "out" / "bottle.md").read_text()
+    assert "| memae | 50 | 0,1 | 0.600 [0.550, 0.650] | 0.600 [0.600, 0.600] | 0.300 [0.300, 0.300] | 25 | 5 |" in table
+    assert "| memae | 200 | 0,1 | 0.750 [0.700, 0.800] |" in table
+    assert (tmp_path / "out" / "bottle.svg").read_text().lstrip().startswith("<?xml")
