@@ -241,10 +241,11 @@ def write_figure(path: Path, rows: list[dict], category: str) -> None:
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"MVTec AD {category}: metric vs training steps (mean, min-max over seeds; dashed: default budget)",
-                 fontsize=9)
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(METRICS), fontsize=8, frameon=False)
+    fig.suptitle(f"MVTec AD {category}: metric vs training steps (mean, min-max over seeds; dashed: default budget; "
+                 f"dotted: chance)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     tmp = path.with_suffix(".tmp.svg")
     fig.savefig(tmp, format="svg", metadata={"Date": None})
     plt.close(fig)
