@@ -8,10 +8,12 @@ Every run is a normal `anobench train` (trainer=cpu, torch_threads=1, as suite=c
 `trainer.max_steps` set to a budget of `STEP_GRID` and `trainer.max_epochs=-1` (so the step count, not an
 epoch cap, ends it). Where nothing in a method depends on `max_steps` itself ("prefix" below), one run per
 seed trains to the largest budget and saves `checkpoint_steps` at the smaller ones, which `anobench eval`
-then tests: the weights at step N are those of a `max_steps=N` run with the same seed (tests/test_cli.py
-checks this). OGNet (its two phases split the budget) and NBS (its predictor is refitted after the last
-step) run once per budget. Patch SVDD is tested with `nn_search=ivf` here (the default is exact; the
-Patch SVDD README measures the difference), to keep the curves affordable on a 2-core CPU.
+then tests: the weights at step N are those of a `max_steps=N` run with the same seed
+(tests/test_step_checkpoints.py checks this). OGNet (its two phases split the budget) and NBS (its predictor is refitted after the last
+step) run once per budget. `max_epochs=-1` also turns off MNAD's cosine schedule (its T_max is the epoch
+budget; a default run anneals over 60 epochs, ≥ 98 % of the start lr after 200 steps on bottle). Patch SVDD
+is tested with `nn_search=ivf` here (the default is exact; the Patch SVDD README measures the difference),
+to keep the curves affordable on a 2-core CPU.
 
 Writes `<out>/<category>.csv` (one row per run), `<out>/<category>.md` (mean and range over seeds) and
 `<out>/<category>.svg`. Runs that already have a result.json under --work are not run again.
