@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
 from anobench.errors import ConfigError
 from anobench.methods import get_method
@@ -259,6 +261,14 @@ def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: i
         metrics = dict(module.test_results["metrics"])
         metrics["d_phase_two_accuracy"] = torch.cat([good, bad]).float().mean().item()
         metrics["reconstruction_mse_ratio"] = F.mse_loss(examples["reconstruction"], train).item() / initial_mse
+        # the paper score on the normal training images vs the same images half replaced by uniform noise
+        # (model input is [0, 1]): far off the training distribution, so a correct sign ranks them higher
+        normal = (train + 1) / 2
+        generator = torch.Generator().manual_seed(seed)
+        noisy = 0.5 * normal + 0.5 * torch.rand(normal.shape, generator=generator)
+        scores = torch.cat([module.model(normal).pred_score, module.model(noisy).pred_score]).numpy()
+        labels = np.r_[np.zeros(len(normal)), np.ones(len(noisy))]
+        metrics["noise_image_auroc"] = float(roc_auc_score(labels, scores))
     return metrics
 
 
@@ -272,10 +282,11 @@ def test_ognet_learns_on_synthetic(tmp_path, one_torch_thread):
     Measured 2026-12-02 (AMD EPYC, seeds 0/1/2; the paper's pseudo-anomaly G((G_old(x_i)+G_old(x_j))/2),
     smoothed residual map): D separates the four phase-two kinds on the training images (accuracy
     1.0 / 1.0 / 1.0; threshold 0.9); pixel AUROC of the map 0.799 / 0.790 / 0.777 (threshold 0.70);
-    the paper's image score −D(G(x)) 0.625 / 0.570 / 0.570 — only just above chance on these synthetic
-    defects (README "Results"), so its threshold 0.52 catches a flipped sign, not a weak D.
+    the paper's image score −D(G(x)) 0.625 / 0.570 / 0.570 on these synthetic defects (README "Results"),
+    and 0.484 for seed 0 on an Intel Xeon: at chance, so it is not asserted (it cannot tell a flipped sign
+    from a weak D). The sign is checked on images half replaced by noise instead (noise_image_auroc).
     """
     metrics = fit_and_test(tmp_path, lambda_reconstruction=10.0)
     assert metrics["d_phase_two_accuracy"] >= 0.9, metrics
     assert metrics["pixel_auroc"] >= 0.70, metrics
-    assert metrics["image_auroc"] >= 0.52, metrics
+    assert metrics["noise_image_auroc"] >= 0.9, metrics
