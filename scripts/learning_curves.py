@@ -33,6 +33,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anobench.io import atomic_write, atomic_write_text
+
 # method -> (training-step budgets, "prefix" = one run with step checkpoints | "separate" = one run per budget)
 STEP_GRID: dict[str, tuple[list[int], str]] = {
     "gradcon": ([30, 60, 120], "prefix"),
@@ -60,7 +62,7 @@ class Job:
 
 
 def plan(methods: list[str], seeds: list[int], category: str, mvtec_root: str, work: Path) -> list[Job]:
-    """Every job of the curves, seed by seed (so a stopped sweep leaves whole curves), costly methods first."""
+    """Every job of the curves, seed by seed (so a stopped sweep leaves whole curves of the first seeds)."""
     jobs = []
     for seed in seeds:
         for method in methods:
@@ -198,7 +200,7 @@ def write_table(path: Path, rows: list[dict], category: str) -> None:
         mark = "*" if defaults.get(method) == steps else ""
         lines.append(f"| {method} | {steps}{mark} | {','.join(map(str, s['seeds']))} | {' | '.join(cells)} | "
                      f"{s['train_s']:.0f} | {s['inference_s']:.0f} |")
-    atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -208,7 +210,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def write_figure(path: Path, rows: list[dict], category: str) -> None:
@@ -248,17 +250,8 @@ def write_figure(path: Path, rows: list[dict], category: str) -> None:
     fig.suptitle(f"MVTec AD {category}: metric vs training steps (mean, min-max over seeds; dashed: default budget; "
                  f"dotted: chance)", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    tmp = path.with_suffix(".tmp.svg")
-    fig.savefig(tmp, format="svg", metadata={"Date": None})
+    atomic_write(path, lambda handle: fig.savefig(handle, format="svg", metadata={"Date": None}))
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main() -> None:

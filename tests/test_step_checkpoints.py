@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from anobench.config import config_dir
 from anobench.errors import ConfigError
 from anobench.tasks import evaluate as evaluate_task
-from anobench.tasks.train import StepCheckpoints, build_run, build_trainer
+from anobench.tasks.train import StepCheckpoints, build_run, build_trainer, fit_callbacks
 from tests.conftest import SMALL_RUN
 
 
@@ -26,11 +26,11 @@ def test_step_checkpoint_is_the_smaller_budgets_model_and_eval_records_its_step(
     def fit(max_steps: int, steps: list[int]) -> dict[str, torch.Tensor]:
         cfg = _compose("train", ["trainer=smoke", "method=memae", "data=synthetic/weave", "trainer.max_epochs=-1",
                                  f"trainer.max_steps={max_steps}", f"paths.data_dir={tmp_path / 'data'}",
-                                 f"paths.results_dir={tmp_path / 'results'}", *SMALL_RUN])
+                                 f"paths.results_dir={tmp_path / 'results'}", f"checkpoint_steps={steps}", *SMALL_RUN])
         run_dir = tmp_path / f"run{max_steps}"
         datamodule, module = build_run(cfg)
-        callbacks = [StepCheckpoints(run_dir, steps)] if steps else []
-        build_trainer(cfg.trainer, run_dir, logger=False, callbacks=callbacks).fit(module, datamodule=datamodule)
+        trainer = build_trainer(cfg.trainer, run_dir, logger=False, callbacks=fit_callbacks(cfg, run_dir))
+        trainer.fit(module, datamodule=datamodule)
         run_dir.mkdir(exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)  # what anobench eval rebuilds the run from
         return module.state_dict()

@@ -74,6 +74,12 @@ class StepCheckpoints(L.Callback):
             trainer.save_checkpoint(self.directory / f"step{step}.ckpt", weights_only=False)
 
 
+def fit_callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
+    """The callbacks of a training fit, the same on every process of a DDP run (a checkpoint save is collective)."""
+    steps = list(cfg.get("checkpoint_steps") or [])
+    return [StepCheckpoints(run_dir, steps)] if steps else []
+
+
 def build_trainer(trainer_cfg: DictConfig, run_dir: Path, **overrides: Any) -> L.Trainer:
     """Instantiate lightning.Trainer from conf/trainer/<name>.yaml (its `name` key is ours, not Lightning's)."""
     from hydra.utils import instantiate
@@ -221,7 +227,7 @@ def single_process_trainer(trainer: L.Trainer, cfg: DictConfig, run_dir: Path) -
 def fit_as_worker(cfg: DictConfig) -> dict[str, Any]:
     """A non-zero rank of a DDP run: take part in the fit (and the collective checkpoint save), write nothing."""
     datamodule, module = build_run(cfg)
-    trainer = build_trainer(cfg.trainer, run_dir_from_hydra())
+    trainer = build_trainer(cfg.trainer, run_dir_from_hydra(), callbacks=fit_callbacks(cfg, run_dir_from_hydra()))
     trainer.fit(module, datamodule=datamodule)
     if cfg.get("save_checkpoint", True):
         trainer.save_checkpoint(run_dir_from_hydra() / "checkpoints" / "last.ckpt", weights_only=False)  # rank 0 writes it
@@ -266,8 +272,7 @@ def train_and_record(cfg: DictConfig) -> dict[str, Any]:
 
     def body(timings: dict[str, float]) -> None:
         datamodule, module = build_run(cfg)
-        steps = list(cfg.get("checkpoint_steps") or [])
-        trainer = build_trainer(cfg.trainer, run_dir, **({"callbacks": [StepCheckpoints(run_dir, steps)]} if steps else {}))
+        trainer = build_trainer(cfg.trainer, run_dir, callbacks=fit_callbacks(cfg, run_dir))
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         timings["train_s"] = time.perf_counter() - start
