@@ -183,8 +183,8 @@ def default_steps() -> dict[str, int]:
 def write_table(path: Path, rows: list[dict], category: str) -> None:
     summary = summarise(rows)
     defaults = default_steps()
-    cpus = sorted({r["cpu"] for r in rows})
-    shas = sorted({r["git_sha"] for r in rows})
+    cpus = sorted({r.get("cpu") or "not recorded" for r in rows})
+    shas = sorted({r.get("git_sha") or "not recorded" for r in rows})
     lines = [f"# Learning curves: real MVTec AD {category}", "",
              f"Written by `python scripts/learning_curves.py` (see its docstring); one row per method and step budget, "
              f"mean over seeds with the [min, max] range. trainer=cpu, torch_threads=1, image sizes and everything "
@@ -203,11 +203,27 @@ def write_table(path: Path, rows: list[dict], category: str) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def read_csv(path: Path) -> list[dict]:
+    """Rows of an earlier `write_csv` (empty when the file is absent), numbers parsed back."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("seed", "steps"):
+            row[key] = int(row[key])
+        for key in (*METRICS, "image_auroc_map_max", "train_s", "inference_s"):
+            if row.get(key) not in (None, ""):
+                row[key] = float(row[key])
+    return rows
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     import io
 
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # rows of older runs may lack a column
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
@@ -270,9 +286,12 @@ def main() -> None:
             parser.error(f"--mvtec-root: expected a folder holding {args.category}/train/good, got {args.mvtec_root!r}")
         run_all(plan(args.methods, args.seeds, args.category, str(Path(args.mvtec_root).resolve()), args.work.resolve()),
                 args.n_jobs)
-    rows = [r for r in collect(args.work) if r["category"] == args.category]
+    rows = [r for r in collect(args.work) if r["category"] == args.category and r["method"] in args.methods]
     if not rows:
         sys.exit(f"--work {args.work}: no finished runs of category {args.category!r} under runs/")
+    # a curve re-run for some methods keeps the committed rows of the others
+    kept = [r for r in read_csv(args.out / f"{args.category}.csv") if r["method"] not in args.methods]
+    rows = sorted(rows + kept, key=lambda r: (r["method"], r["steps"], r["seed"]))
     write_csv(args.out / f"{args.category}.csv", rows)
     write_table(args.out / f"{args.category}.md", rows, args.category)
     write_figure(args.out / f"{args.category}.svg", rows, args.category)

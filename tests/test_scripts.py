@@ -85,3 +85,19 @@ def test_learning_curves_plan_and_table_from_recorded_runs(tmp_path):
     assert "| memae | 50 | 0,1 | 0.600 [0.550, 0.650] | 0.600 [0.600, 0.600] | 0.300 [0.300, 0.300] | 25 | 5 |" in table
     assert "| memae | 200 | 0,1 | 0.750 [0.700, 0.800] |" in table
     assert (tmp_path / "out" / "bottle.svg").read_text().lstrip().startswith("<?xml")
+
+    # re-running some methods keeps the committed rows of the others (an older CSV may lack newer columns)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "bottle.csv").write_text("method,category,seed,steps,image_auroc,pixel_auroc,pro,train_s,inference_s\n"
+                                    "gradcon,bottle,0,30,0.4,0.5,0.1,10.0,2.0\n"
+                                    "memae,bottle,0,999,0.9,0.9,0.9,1.0,1.0\n")
+    proc = subprocess.run([sys.executable, "scripts/learning_curves.py", "--collect-only", "--methods", "memae",
+                           "--work", str(tmp_path), "--out", str(old)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(old / "bottle.csv")))
+    assert [(r["method"], r["steps"]) for r in rows] == [("gradcon", "30"), *[("memae", s) for s in
+                                                                              ("50", "50", "200", "200")]]
+    assert rows[0]["git_sha"] == "" and rows[1]["git_sha"] == "abc"
+    assert "| gradcon | 30 | 0 | 0.400 [0.400, 0.400] |" in (old / "bottle.md").read_text()
