@@ -44,7 +44,7 @@ STEP_GRID: dict[str, tuple[list[int], str]] = {
     "ognet": ([200, 400, 800, 1600], "separate"),
     "patch_svdd": ([30, 60, 120], "prefix"),
     "synthcp": ([100, 200, 400, 800], "prefix"),
-    "uninformed_students": ([60, 300, 1200], "prefix"),
+    "uninformed_students": ([600, 1200, 2400, 3600], "prefix"),
 }
 EXTRA_OVERRIDES = {"patch_svdd": ["method.module.nn_search=ivf"]}
 METRICS = ("image_auroc", "pixel_auroc", "pro")

@@ -83,3 +83,20 @@ def test_optimizer_is_a_partial():
 
     optimizer = factory([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.Adam)
+
+
+def test_the_record_states_the_thread_count_the_run_computes_with():
+    """torch_threads is applied before the record is made: the first job of an in-process sweep used to
+    record the process's previous count (2) while computing with the configured one (1)."""
+    import torch
+
+    from anobench.tasks.train import base_record
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        record = base_record(_compose(["torch_threads=1"]), "train")
+        assert record["device"]["torch_threads"] == 1 == torch.get_num_threads()
+        assert record["config"]["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)

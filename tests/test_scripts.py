@@ -101,3 +101,17 @@ def test_learning_curves_plan_and_table_from_recorded_runs(tmp_path):
                                                                               ("50", "50", "200", "200")]]
     assert rows[0]["git_sha"] == "" and rows[1]["git_sha"] == "abc"
     assert "| gradcon | 30 | 0 | 0.400 [0.400, 0.400] |" in (old / "bottle.md").read_text()
+
+
+def test_us_scales_scores_each_receptive_field_and_their_mean(tmp_path):
+    out = tmp_path / "scales.csv"
+    proc = subprocess.run(
+        [sys.executable, "scripts/us_scales.py", "--steps", "1", "2", "--out", str(out), "--", "data=synthetic/washer",
+         "backbone=none", "method.module.patch_sizes=[17,33]", "method.module.n_students=1", "method.module.width=0.0625",
+         "method.input.image_size=64", "data.synthetic.n_train=6", "data.synthetic.n_test_good=2",
+         "data.synthetic.n_test_per_defect=1", f"paths.data_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["step"], r["map"]) for r in rows] == [(s, m) for s in ("1", "2") for m in ("p17", "p33", "mean")]
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in rows for k in ("image_auroc", "pixel_auroc", "pro"))

@@ -99,10 +99,7 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any]:
     from hydra.utils import instantiate
 
     quiet_third_party()
-    if cfg.get("torch_threads"):
-        import torch
-
-        torch.set_num_threads(int(cfg.torch_threads))
+    apply_torch_threads(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.method.module, _convert_="all")
@@ -111,8 +108,18 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any]:
     return datamodule, module
 
 
+def apply_torch_threads(cfg: DictConfig) -> None:
+    """Set `torch_threads` (when given) before anything is computed or recorded: float reductions, hence
+    the numbers, depend on it, and result.json's device.torch_threads must say what the run used."""
+    if cfg.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.torch_threads))
+
+
 def base_record(cfg: DictConfig, task: str) -> dict[str, Any]:
     """Everything that produced a run, known before it starts."""
+    apply_torch_threads(cfg)  # the first job of an in-process sweep would otherwise record the previous count
     return {
         "task": task,
         "method": cfg.method.name,

@@ -394,7 +394,9 @@ def test_configs_default_and_paper_experiment():
     cfg = _compose(["method=uninformed_students"])
     # default: the ImageNet-pretrained EfficientNet-Lite0 from PyPI, so the teacher is real without a download
     assert cfg.method.module.backbone.arch == "efficientnet_lite0" and cfg.method.module.backbone.pretrained is True
-    assert list(cfg.method.module.patch_sizes) == [17, 33]
+    # CPU default: single scale p = 33 at 128 px (the object coverage of the paper's p = 65 at 256 px), Adam 5e-4
+    assert list(cfg.method.module.patch_sizes) == [33] and cfg.method.input.image_size == 128
+    assert cfg.method.module.optimizer.lr == 5e-4
     cfg = _compose(["method=uninformed_students", "backbone=resnet18", "backbone.pretrained=false"])
     assert cfg.method.module.backbone.arch == "resnet18" and cfg.method.module.backbone.pretrained is False
     assert cfg.method.module.teacher.cache_dir.endswith("teachers")
@@ -402,6 +404,7 @@ def test_configs_default_and_paper_experiment():
     assert paper.method.name == "uninformed_students" and paper.budget_label == "paper"
     assert paper.method.module.backbone.arch == "resnet18" and paper.method.module.backbone.pretrained is True
     assert list(paper.method.module.patch_sizes) == [65] and paper.method.module.width == 1.0
+    assert paper.method.module.optimizer.lr == 1e-4 and paper.method.module.train_crop is None  # whole images
     assert paper.method.module.n_students == 3 and paper.method.module.descriptor_dim == 128
     assert paper.method.module.teacher.steps == 50000 and paper.method.module.teacher.distill_data == "imagefolder"
     assert paper.method.input.image_size == 256 and paper.trainer.max_epochs == 100
