@@ -33,7 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anobench.io import atomic_write, atomic_write_text
+from anobench.io import atomic_write, atomic_write_csv, atomic_write_text
 
 # method -> (training-step budgets, "prefix" = one run with step checkpoints | "separate" = one run per budget)
 STEP_GRID: dict[str, tuple[list[int], str]] = {
@@ -204,7 +204,7 @@ def write_table(path: Path, rows: list[dict], category: str) -> None:
 
 
 def read_csv(path: Path) -> list[dict]:
-    """Rows of an earlier `write_csv` (empty when the file is absent), numbers parsed back."""
+    """Rows of an earlier run's CSV (empty when the file is absent), numbers parsed back."""
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
@@ -216,17 +216,6 @@ def read_csv(path: Path) -> list[dict]:
             if row.get(key) not in (None, ""):
                 row[key] = float(row[key])
     return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    import io
-
-    columns = list(dict.fromkeys(key for row in rows for key in row))  # rows of older runs may lack a column
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def write_figure(path: Path, rows: list[dict], category: str) -> None:
@@ -292,7 +281,7 @@ def main() -> None:
     # a curve re-run for some methods keeps the committed rows of the others
     kept = [r for r in read_csv(args.out / f"{args.category}.csv") if r["method"] not in args.methods]
     rows = sorted(rows + kept, key=lambda r: (r["method"], r["steps"], r["seed"]))
-    write_csv(args.out / f"{args.category}.csv", rows)
+    atomic_write_csv(args.out / f"{args.category}.csv", rows)
     write_table(args.out / f"{args.category}.md", rows, args.category)
     write_figure(args.out / f"{args.category}.svg", rows, args.category)
     print(f"wrote {args.out / args.category}.csv / .md / .svg ({len(rows)} runs)")

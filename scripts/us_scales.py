@@ -4,7 +4,8 @@
         data=mvtec/bottle 'method.module.patch_sizes=[17,33]' [any other override of `anobench train`]
 
 One fit (the method's default config plus the overrides, trainer=cpu, one torch thread) to the largest step
-count; the students' weights are snapshotted in memory at the others. For each snapshot the test set is scored
+count, saving `checkpoint_steps` at every requested step (the weights of a run stopped there; a scratch folder
+holds them). For each step the test set is scored
 once and image AUROC (map maximum), pixel AUROC and PRO are computed, with the MVTec protocol of
 `anobench.metrics.evaluate_category`, for each receptive field's standardised map (`p17`, `p33`, ...) and,
 with several fields, for their mean (`mean`, what the method reports). This separates "which scale carries the
@@ -16,8 +17,6 @@ with --out, writes them as a CSV (atomically). Nothing here is timed for a claim
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import tempfile
@@ -36,42 +35,38 @@ def main() -> None:
     if any(s < 1 for s in args.steps):
         parser.error(f"--steps {args.steps}: expected positive step counts")
 
-    import lightning as L
     import torch
     from hydra import compose, initialize_config_dir
 
     from anobench.config import config_dir
-    from anobench.io import atomic_write_text
+    from anobench.io import atomic_write_csv
     from anobench.metrics import evaluate_category
-    from anobench.tasks.train import build_run, build_trainer
+    from anobench.tasks.train import build_run, build_trainer, fit_callbacks
 
     steps = sorted(set(args.steps))
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["method=uninformed_students", "trainer=cpu", "torch_threads=1",
                                                       "trainer.max_epochs=-1", f"trainer.max_steps={steps[-1]}",
-                                                      *args.overrides])
+                                                      f"checkpoint_steps=[{','.join(map(str, steps))}]", *args.overrides])
     if cfg.method.name != "uninformed_students":
         parser.error(f"method={cfg.method.name}: this script measures uninformed_students only")
     datamodule, module = build_run(cfg)
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
-
-    class Snapshot(L.Callback):
-        def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: object) -> None:
-            if trainer.global_step in steps:
-                snapshots[trainer.global_step] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:  # nothing of the fit is kept but the snapshots
-        trainer = build_trainer(cfg.trainer, Path(scratch), logger=False, callbacks=[Snapshot()],
+    with tempfile.TemporaryDirectory() as scratch:  # nothing of the fit is kept but the step checkpoints' weights
+        start = time.perf_counter()
+        trainer = build_trainer(cfg.trainer, Path(scratch), logger=False, callbacks=fit_callbacks(cfg, Path(scratch)),
                                 enable_checkpointing=False, enable_progress_bar=False)
         trainer.fit(module, datamodule=datamodule)
-    fit_s = time.perf_counter() - start
+        fit_s = time.perf_counter() - start
+        files = {step: Path(scratch) / "checkpoints" / f"step{step}.ckpt" for step in steps}
+        if not all(f.is_file() for f in files.values()):
+            sys.exit(f"--steps {steps}: the fit stopped at step {trainer.global_step} before reaching them all")
+        weights = {step: torch.load(f, map_location="cpu", weights_only=False)["state_dict"] for step, f in files.items()}
     datamodule.setup("test")
     samples = datamodule.test_samples
     masks = [datamodule.load_mask(i) for i in range(len(samples))]
     labels = np.array([s.label for s in samples])
     rows = []
-    for step, state in sorted(snapshots.items()):
+    for step, state in weights.items():
         module.load_state_dict(state)
         module.eval()
         module.prepare_inference(datamodule.inference_train_dataloader())
@@ -89,14 +84,8 @@ def main() -> None:
                    "fit_s_all_steps": round(fit_s, 1), "overrides": " ".join(args.overrides)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    if len(snapshots) != len(steps):
-        sys.exit(f"--steps {steps}: the fit stopped at step {trainer.global_step} before reaching them all")
     if args.out:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(args.out, buffer.getvalue())
+        atomic_write_csv(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,18 @@ def test_us_scales_scores_each_receptive_field_and_their_mean(tmp_path):
     rows = list(csv.DictReader(open(out)))
     assert [(r["step"], r["map"]) for r in rows] == [(s, m) for s in ("1", "2") for m in ("p17", "p33", "mean")]
     assert all(0.0 <= float(r[k]) <= 1.0 for r in rows for k in ("image_auroc", "pixel_auroc", "pro"))
+
+
+def test_us_scales_names_bad_steps_and_other_methods(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "scripts/us_scales.py", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+
+    assert "--steps [0]: expected positive step counts" in run("--steps", "0").stderr
+    assert "method=memae: this script measures uninformed_students only" in run("--steps", "1", "--",
+                                                                                  "method=memae").stderr
+    short = run("--steps", "2", "--", "data=synthetic/washer", "backbone=none", "method.module.patch_sizes=[17]",
+                "method.module.n_students=1", "method.module.width=0.0625", "method.input.image_size=32",
+                "data.synthetic.n_train=4", "data.synthetic.n_test_good=1", "data.synthetic.n_test_per_defect=1",
+                f"paths.data_dir={tmp_path}", "trainer.max_steps=1")
+    assert short.returncode != 0 and "--steps [2]: the fit stopped at step 1 before reaching them all" in short.stderr
