@@ -63,6 +63,23 @@ def test_one_small_encoder_pass_for_both_patch_sizes_equals_two():
     torch.testing.assert_close(h_small, hier.enc(small), atol=1e-6, rtol=1e-5)
 
 
+def test_cpu_chunked_encoder_equals_whole_batch():
+    """encoder_cpu_chunk only splits the batch into calls: same embeddings and parameter gradients."""
+    torch.manual_seed(0)
+    whole = EncoderSmall(64)
+    chunked = EncoderSmall(64, cpu_chunk=2)
+    chunked.load_state_dict(whole.state_dict())
+    for x in (torch.rand(5, 3, 32, 32) - 0.5, torch.rand(3, 3, 48, 48) - 0.5):  # 2 patches / 1 image per call
+        a, b = whole(x), chunked(x)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        a.square().sum().backward()
+        b.square().sum().backward()
+    for p, q in zip(whole.parameters(), chunked.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="encoder_cpu_chunk"):
+        EncoderSmall(64, cpu_chunk=0)
+
+
 @pytest.mark.parametrize("size", [150, 256])
 def test_dense_embeddings_equal_patch_by_patch(size):
     torch.manual_seed(0)
@@ -330,10 +347,49 @@ def test_faiss_ivf_is_close_and_never_below_exact():
     full = NearestNeighbourIndex(bank, "ivf", nlist=16, nprobe=16).query(queries)  # every cell = exact
     torch.testing.assert_close(full, exact, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="nn_search"):
-        NearestNeighbourIndex(bank, "hnsw")
+        NearestNeighbourIndex(bank, "kdtree")
 
 
-@pytest.mark.parametrize("search", ["exact", "ivf", "torch"])
+def test_faiss_hnsw_is_close_and_never_below_exact():
+    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
+
+    bank, queries = _bank_and_queries()
+    exact = NearestNeighbourIndex(bank, "exact").query(queries)
+    hnsw = NearestNeighbourIndex(bank, "hnsw", hnsw_m=8, ef_search=16).query(queries)
+    assert (hnsw >= exact - 1e-5).all()
+    assert (hnsw - exact).mean() < 0.05 * exact.mean()
+    wide = NearestNeighbourIndex(bank, "hnsw", ef_search=256).query(queries)  # more candidates: closer
+    assert (wide - exact).mean() <= (hnsw - exact).mean()
+    with pytest.raises(ValueError, match="nn_hnsw_m"):
+        NearestNeighbourIndex(bank, "hnsw", hnsw_m=1)
+
+
+def _far_tight_bank(seed: int = 0):
+    """Embeddings like a trained encoder's on MVTec bottle: all near one point of norm ~0.3, nearest
+    neighbours ~1e-4 apart, so ||q||² ≈ 0.09 dwarfs the squared distances in float32."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = torch.tanh(torch.randn(64, generator=gen)) * 0.04
+    bank = centre + 1e-5 * torch.randn(3000, 64, generator=gen)
+    queries = centre + 1e-5 * torch.randn(300, 64, generator=gen)
+    reference = torch.cdist(queries.double(), bank.double()).min(dim=1)
+    return bank, queries, reference
+
+
+@pytest.mark.parametrize("search", ["exact", "torch"])
+def test_exact_search_finds_true_neighbour_far_from_origin(search):
+    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
+
+    bank, queries, reference = _far_tight_bank()
+    dist, index = NearestNeighbourIndex(bank, search).query(queries, return_index=True)
+    assert (index == reference.indices).float().mean() > 0.98
+    torch.testing.assert_close(dist.double(), reference.values, rtol=1e-3, atol=0)
+    # the same search without centring on the bank mean loses the neighbour to float32 cancellation
+    _, uncentred = nearest_distances(queries, bank, return_index=True, center=False)
+    assert (uncentred == reference.indices).float().mean() < 0.9
+    assert (nearest_distances(queries, bank, return_index=True)[1] == reference.indices).float().mean() > 0.98
+
+
+@pytest.mark.parametrize("search", ["exact", "ivf", "torch", "hnsw"])
 def test_model_nn_search_modes_agree_and_are_recorded(search):
     torch.manual_seed(0)
     module = PatchSVDD(nn_search=search, nn_nlist=8, nn_nprobe=8)
@@ -347,9 +403,15 @@ def test_model_nn_search_modes_agree_and_are_recorded(search):
     reference.load_state_dict(model.state_dict())
     reference.nn_search = "torch"
     reference.fit_bank([train])
-    torch.testing.assert_close(model(test).anomaly_map, reference(test).anomaly_map, atol=1e-5, rtol=1e-5)
+    ours, exact = model(test).anomaly_map, reference(test).anomaly_map
+    if search == "hnsw":  # approximate: never below exact, close on average
+        assert (ours >= exact - 1e-5).all() and (ours - exact).mean() < 0.01 * exact.mean()
+    else:
+        torch.testing.assert_close(ours, exact, atol=1e-5, rtol=1e-5)
     info = module.extra_test_results()["nearest_neighbour"]
-    assert info["search"] == search and info["approximate"] == (search == "ivf")
+    assert info["search"] == search and info["approximate"] == (search in ("ivf", "hnsw"))
+    if search == "hnsw":
+        assert info["ef_search"] == 64 and info["hnsw_m"] == 16
     assert info["bank_rows"] == {"k64": 2 * 13 * 13, "k32": 2 * 57 * 57}
 
 

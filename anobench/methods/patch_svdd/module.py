@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from anobench.methods.base import AnomalyModule, OptimizerFactory
+from anobench.methods.patch_svdd.nearest import APPROXIMATE_SEARCHES
 from anobench.methods.patch_svdd.sampling import (
     check_image_size,
     crop_patches,
@@ -49,6 +50,10 @@ class PatchSVDD(AnomalyModule):
         nn_search: str = "exact",
         nn_nlist: int = 1024,
         nn_nprobe: int = 8,
+        nn_hnsw_m: int = 16,
+        nn_ef_construction: int = 40,
+        nn_ef_search: int = 64,
+        encoder_cpu_chunk: int | None = 128,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__(optimizer)
@@ -63,6 +68,10 @@ class PatchSVDD(AnomalyModule):
             nn_search=nn_search,
             nn_nlist=nn_nlist,
             nn_nprobe=nn_nprobe,
+            nn_hnsw_m=nn_hnsw_m,
+            nn_ef_construction=nn_ef_construction,
+            nn_ef_search=nn_ef_search,
+            encoder_cpu_chunk=encoder_cpu_chunk,
         )
         self.classifier_64 = PositionClassifier(embedding_dim)
         self.classifier_32 = PositionClassifier(embedding_dim)
@@ -124,10 +133,13 @@ class PatchSVDD(AnomalyModule):
         info = {
             "search": m.nn_search,
             "library": "torch" if m.nn_search == "torch" or m.bank_32.is_cuda else "faiss-cpu",
-            "approximate": m.nn_search == "ivf" or self.bank_subsample is not None,
+            "approximate": m.nn_search in APPROXIMATE_SEARCHES or self.bank_subsample is not None,
+            "centred": True,  # searched around the bank mean (nearest.py); older results searched uncentred
             "bank_subsample": self.bank_subsample,
             "bank_rows": {"k64": int(m.bank_64.shape[0]), "k32": int(m.bank_32.shape[0])},
         }
         if m.nn_search == "ivf":
             info.update(nlist=m.nn_nlist, nprobe=m.nn_nprobe)
+        elif m.nn_search == "hnsw":
+            info.update(hnsw_m=m.nn_hnsw_m, ef_construction=m.nn_ef_construction, ef_search=m.nn_ef_search)
         return {"nearest_neighbour": info}

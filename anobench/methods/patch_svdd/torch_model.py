@@ -48,9 +48,17 @@ class EncoderSmall(nn.Module):
 
     channels = (32, 64, 128, 128, 64, 32, 32)
 
-    def __init__(self, embedding_dim: int = 64, bias: bool = True) -> None:
+    def __init__(self, embedding_dim: int = 64, bias: bool = True, cpu_chunk: int | None = None) -> None:
         super().__init__()
         self.D = embedding_dim
+        # On CPU, a batch is run in parts of about `cpu_chunk` 32×32 patches' worth of pixels (128 patches,
+        # or 2 whole 256² images): the same convolutions (each sample is independent), but each call's
+        # activations stay in cache — measured on 2 cores: a training step of batch 64 (1280 patches)
+        # 1.9× faster, dense embeddings of 256² images 1.7× faster than in batches of 8. GPUs get the
+        # whole batch.
+        if cpu_chunk is not None and cpu_chunk < 1:
+            raise ValueError(f"encoder_cpu_chunk must be >= 1 or null, got {cpu_chunk}")
+        self.cpu_chunk = cpu_chunk
         widths = (3, *self.channels, embedding_dim)
         self.convs = nn.ModuleList(
             nn.Conv2d(cin, cout, 3, stride=2 if i == 0 else 1, padding=0, bias=bias)
@@ -58,6 +66,13 @@ class EncoderSmall(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_chunk is not None and not x.is_cuda:
+            rows = max(1, self.cpu_chunk * SMALL_K * SMALL_K // (x.shape[-2] * x.shape[-1]))
+            if x.shape[0] > rows:
+                return torch.cat([self._forward(part) for part in x.split(rows)])
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
@@ -74,10 +89,10 @@ class EncoderHier(nn.Module):
     (128→D) + tanh.
     """
 
-    def __init__(self, embedding_dim: int = 64, bias: bool = True) -> None:
+    def __init__(self, embedding_dim: int = 64, bias: bool = True, cpu_chunk: int | None = None) -> None:
         super().__init__()
         self.D = embedding_dim
-        self.enc = EncoderSmall(embedding_dim, bias=bias)
+        self.enc = EncoderSmall(embedding_dim, bias=bias, cpu_chunk=cpu_chunk)
         self.conv1 = nn.Conv2d(embedding_dim, 128, 2, stride=1, padding=0, bias=bias)
         self.conv2 = nn.Conv2d(128, embedding_dim, 1, stride=1, padding=0, bias=bias)
 
@@ -190,6 +205,10 @@ class PatchSVDDModel(nn.Module):
         nn_search: str = "exact",
         nn_nlist: int = 1024,
         nn_nprobe: int = 8,
+        nn_hnsw_m: int = 16,
+        nn_ef_construction: int = 40,
+        nn_ef_search: int = 64,
+        encoder_cpu_chunk: int | None = 128,
     ) -> None:
         super().__init__()
         if nn_search not in NN_SEARCHES:
@@ -204,8 +223,11 @@ class PatchSVDDModel(nn.Module):
         self.nn_search = nn_search
         self.nn_nlist = nn_nlist
         self.nn_nprobe = nn_nprobe
+        self.nn_hnsw_m = nn_hnsw_m
+        self.nn_ef_construction = nn_ef_construction
+        self.nn_ef_search = nn_ef_search
         self._indexes: dict[str, NearestNeighbourIndex] = {}  # built lazily per bank, reset by fit_bank
-        self.encoder = EncoderHier(embedding_dim)
+        self.encoder = EncoderHier(embedding_dim, cpu_chunk=encoder_cpu_chunk)
         # 3×H×W, set by fit_mean; shape follows the training images (resized on checkpoint load).
         self.register_buffer("mean_image", torch.zeros(3, 0, 0))
         self.register_buffer("bank_64", torch.zeros(0, embedding_dim), persistent=False)
@@ -296,7 +318,8 @@ class PatchSVDDModel(nn.Module):
         index = self._indexes.get(name)
         if index is None or index.bank is not bank:
             index = NearestNeighbourIndex(
-                bank, self.nn_search, nlist=self.nn_nlist, nprobe=self.nn_nprobe, chunk_size=self.nn_chunk_size
+                bank, self.nn_search, nlist=self.nn_nlist, nprobe=self.nn_nprobe, chunk_size=self.nn_chunk_size,
+                hnsw_m=self.nn_hnsw_m, ef_construction=self.nn_ef_construction, ef_search=self.nn_ef_search,
             )
             self._indexes[name] = index
         return index
