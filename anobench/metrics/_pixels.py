@@ -6,7 +6,8 @@ Both metrics only need two things from a category's maps and masks:
 * the scores of all GT-positive pixels, each with 1 / (area of its GT region).
 
 Splitting the pixels once into those buffers costs about one copy of the scores and no index
-array over all pixels, so a full-resolution category (100 maps of 1024x1024) fits in ~1 GB on top
+array over all pixels (on this project's VMs, memory a process touches for the first time costs
+~2 s per GB, so the metrics avoid temporaries rather than CPU work), so a full-resolution category (100 maps of 1024x1024) fits in ~1 GB on top
 of the caller's maps; sorting only values (not indices) keeps it fast.
 """
 
@@ -30,32 +31,60 @@ REGION_STRUCTURE = np.ones((3, 3), dtype=int)
 class PixelSplit:
     """Scores of a category's pixels, split by ground truth.
 
-    neg_chunks:  scores of GT-negative pixels in a few chunks, each sorted ascending (sorted in
-                 parallel threads; merging them would cost as much as the sort, and counting needs none).
-    pos_scores:  scores of GT-positive pixels, in image order.
-    pos_weights: 1 / area of the GT region each positive pixel belongs to (float64), or None when
-                 regions were not requested.
-    n_regions:   number of GT connected components over all images (0 when not requested).
+    neg_chunks:   scores of GT-negative pixels in a few chunks, each sorted ascending (sorted in
+                  parallel threads; merging them would cost as much as the sort, and counting needs none).
+    pos_scores:   scores of GT-positive pixels, in image order.
+    pos_regions:  for each positive pixel, the index of its GT region over all images (int32), or None
+                  when regions were not requested.
+    region_areas: pixel count of each GT region (int64; empty when regions were not requested).
     """
 
     neg_chunks: tuple[np.ndarray, ...]
     pos_scores: np.ndarray
-    pos_weights: np.ndarray | None
-    n_regions: int
+    pos_regions: np.ndarray | None
+    region_areas: np.ndarray
 
     @property
     def n_neg(self) -> int:
         return sum(c.size for c in self.neg_chunks)
 
+    @property
+    def n_regions(self) -> int:
+        """Number of GT connected components over all images (0 when regions were not requested)."""
+        return int(self.region_areas.size)
+
+    @property
+    def pos_weights(self) -> np.ndarray | None:
+        """1 / area of the GT region each positive pixel belongs to (float64), or None without regions."""
+        if self.pos_regions is None:
+            return None
+        return (1.0 / self.region_areas)[self.pos_regions]
+
     def count_neg_below(self, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per ascending threshold t, the numbers of negatives < t and <= t (int64 each).
 
-        The binary searches (per chunk, per side) run in threads: numpy searches without the GIL."""
-        tasks = [(chunk, side) for side in ("left", "right") for chunk in self.neg_chunks]
-        with ThreadPoolExecutor(min(len(tasks), available_cpus())) as pool:
-            found = list(pool.map(lambda task: np.searchsorted(task[0], thresholds, side=task[1]), tasks))
-        half = len(self.neg_chunks)  # at least one chunk (sort_in_chunks), possibly empty
-        return np.sum(found[:half], axis=0, dtype=np.int64), np.sum(found[half:], axis=0, dtype=np.int64)
+        One binary search per chunk and threshold (in threads: numpy searches without the GIL); the
+        "<=" count differs only where a negative equals t, which a look at the found position tells, so
+        the second search runs for those thresholds only."""
+        chunks = self.neg_chunks
+
+        def count(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            below = np.searchsorted(chunk, thresholds, side="left")
+            if chunk.size == 0:
+                return below, below
+            tied = np.flatnonzero(chunk[np.minimum(below, chunk.size - 1)] == thresholds)
+            at_or_below = below.copy()
+            at_or_below[tied] = np.searchsorted(chunk, thresholds[tied], side="right")
+            return below, at_or_below
+
+        with ThreadPoolExecutor(min(len(chunks), available_cpus())) as pool:
+            found = list(pool.map(count, chunks))
+        below = np.zeros(thresholds.size, dtype=np.int64)
+        at_or_below = np.zeros(thresholds.size, dtype=np.int64)
+        for lo, hi in found:
+            below += lo
+            at_or_below += hi
+        return below, at_or_below
 
     @functools.cached_property
     def ranking(self) -> "PositiveRanking":
@@ -77,18 +106,48 @@ class PositiveRanking:
 
 
 def rank_positives(split: PixelSplit) -> PositiveRanking:
-    """Sort the positives once (with their weights when regions were computed) and count negatives."""
-    scores = split.pos_scores
-    if split.pos_weights is None:
-        ordered, weights = np.sort(scores), None
+    """Sort the positives once (with their regions when computed) and count the negatives below each.
+
+    float32 scores with regions: one in-place sort of 64-bit keys (order-preserving bits of the score
+    high, region index low), from which scores and regions are read back — no index array and no
+    gather over the positives, which on this project's machines costs more than the sort itself."""
+    scores, regions = split.pos_scores, split.pos_regions
+    weights = None
+    if regions is None:
+        ordered = np.sort(scores)
+    elif scores.dtype == np.float32 and split.n_regions < 2**32:
+        keys = float32_order_keys(scores).astype(np.uint64)
+        keys <<= np.uint64(32)
+        keys |= regions.astype(np.uint64)
+        keys.sort()
+        weights = (1.0 / split.region_areas)[(keys & np.uint64(0xFFFFFFFF)).astype(np.intp)]
+        keys >>= np.uint64(32)
+        ordered = float32_from_order_keys(keys.astype(np.uint32))
+        del keys
     else:
-        order = argsort_scores(scores)
-        ordered, weights = scores[order], split.pos_weights[order]
-    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])) if ordered.size else np.zeros(0, int)
+        order = np.argsort(scores, kind="stable")
+        ordered, weights = scores[order], (1.0 / split.region_areas)[regions[order]]
+    if ordered.size:
+        starts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        starts = np.concatenate([[0], starts])
+    else:
+        starts = np.zeros(0, dtype=np.intp)
     thresholds = ordered[starts]
     counts = np.diff(np.append(starts, ordered.size))
     weight_sums = np.add.reduceat(weights, starts) if weights is not None and starts.size else weights
     return PositiveRanking(thresholds, counts, weight_sums, *split.count_neg_below(thresholds))
+
+
+def float32_order_keys(scores: np.ndarray) -> np.ndarray:
+    """uint32 keys whose unsigned order is the IEEE order of the float32 scores (-0.0 just below 0.0)."""
+    bits = scores.view(np.uint32)
+    return np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+
+
+def float32_from_order_keys(keys: np.ndarray) -> np.ndarray:
+    """Inverse of `float32_order_keys`."""
+    bits = np.where(keys >> np.uint32(31), keys & np.uint32(0x7FFFFFFF), ~keys)
+    return bits.view(np.float32)
 
 
 def argsort_scores(scores: np.ndarray) -> np.ndarray:
@@ -96,11 +155,10 @@ def argsort_scores(scores: np.ndarray) -> np.ndarray:
     bits of the score, index in the low half), faster than np.argsort; other dtypes use np.argsort."""
     if scores.dtype != np.float32 or scores.size >= 2**32:
         return np.argsort(scores)
-    bits = scores.view(np.uint32).astype(np.uint64)
-    keys = np.where(bits >> 31, ~bits & 0xFFFFFFFF, bits | 0x80000000)  # IEEE order → unsigned order
-    keys = (keys << 32) | np.arange(scores.size, dtype=np.uint64)
+    keys = float32_order_keys(scores).astype(np.uint64)
+    keys = (keys << np.uint64(32)) | np.arange(scores.size, dtype=np.uint64)
     keys.sort()
-    return (keys & 0xFFFFFFFF).astype(np.intp)
+    return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
 def available_cpus() -> int:
@@ -184,9 +242,9 @@ def available_memory_bytes() -> int | None:
 def pixel_metrics_memory(masks: Sequence[np.ndarray], dtype: np.dtype) -> int:
     """Bytes the pixel metrics allocate for these masks beyond the caller's maps (an upper estimate).
 
-    One copy of every score (negatives sorted in place), plus per positive pixel its region weight,
-    the sort keys and index, the sorted scores and weights, and the four per-threshold counts
-    (≈ itemsize + 9 × 8 bytes), plus one full-size map at a time while upsampling, and 10 % slack.
+    One copy of every score (negatives sorted in place), plus per positive pixel its region index,
+    the sort keys, the sorted scores and weights, and the per-threshold counts (at most
+    itemsize + 9 × 8 bytes), plus one full-size map at a time while upsampling, and 10 % slack.
     """
     n_all = sum(int(np.size(m)) for m in masks)
     n_pos = sum(int(np.count_nonzero(m)) for m in masks)
@@ -214,17 +272,19 @@ def split_pixels(
     dtype: np.dtype,
     with_regions: bool,
 ) -> PixelSplit:
-    """Split all pixels of a category into sorted negatives and weighted positives.
+    """Split all pixels of a category into sorted negatives and positives (with their GT regions).
 
     get_map(i) returns map i (2-D, same shape as masks[i]); it is called once per image, in order,
     so callers can produce maps lazily (e.g. upsample one at a time) instead of holding them all.
+    Scores are written straight into the two buffers (np.compress with out=), without temporaries.
     """
     n_pos = [int(np.count_nonzero(m)) for m in masks]
     n_all = sum(int(np.size(m)) for m in masks)
     n_pos_total = sum(n_pos)
     neg = np.empty(n_all - n_pos_total, dtype=dtype)
     pos = np.empty(n_pos_total, dtype=dtype)
-    weights = np.empty(n_pos_total, dtype=np.float64) if with_regions else None
+    regions = np.empty(n_pos_total, dtype=np.int32) if with_regions else None
+    areas: list[np.ndarray] = []
     n_regions = 0
     j_neg = j_pos = 0
     for i, mask in enumerate(masks):
@@ -239,16 +299,21 @@ def split_pixels(
             neg[j_neg : j_neg + a.size] = a.ravel()
             j_neg += a.size
             continue
-        neg[j_neg : j_neg + a.size - k] = a[~m]
-        pos[j_pos : j_pos + k] = a[m]
+        flat, fg = a.ravel(), m.ravel()
+        np.compress(~fg, flat, out=neg[j_neg : j_neg + a.size - k])
+        np.compress(fg, flat, out=pos[j_pos : j_pos + k])
         if with_regions:
             labeled, n_comp = ndimage.label(m, structure=REGION_STRUCTURE)
-            areas = np.bincount(labeled.ravel())  # areas[0] counts the background, unused
-            weights[j_pos : j_pos + k] = 1.0 / areas[labeled[m]]
+            labeled = labeled.ravel()
+            # labels 1..n_comp → global region indices n_regions .. n_regions + n_comp − 1
+            np.compress(fg, labeled, out=regions[j_pos : j_pos + k])
+            regions[j_pos : j_pos + k] += n_regions - 1
+            areas.append(np.bincount(labeled, minlength=n_comp + 1)[1:])
             n_regions += n_comp
         j_neg += a.size - k
         j_pos += k
-    return PixelSplit(neg_chunks=sort_in_chunks(neg), pos_scores=pos, pos_weights=weights, n_regions=n_regions)
+    region_areas = np.concatenate(areas).astype(np.int64) if areas else np.zeros(0, dtype=np.int64)
+    return PixelSplit(neg_chunks=sort_in_chunks(neg), pos_scores=pos, pos_regions=regions, region_areas=region_areas)
 
 
 def warn_undefined(what: str, why: str) -> float:

@@ -13,7 +13,9 @@ Protocol (see shared/methods.md, section 2.2):
 ``aupro`` integrates a reduced curve: between two thresholds that hold positive pixels only the
 FPR changes, so the exact curve runs horizontally there and its intermediate points are collinear.
 Keeping the two end points of each such run gives the same area and the same interpolated value at
-the limit, while needing only a value sort of the negatives (no index array over 100 M pixels).
+the limit, while needing only a value sort of the negatives (no index array over 100 M pixels). The
+area of that reduced curve up to the limit is summed segment by segment in closed form
+(`_reduced_area`), with ``trapezoid``'s semantics at the limit, without materialising the curve.
 ``pro_curve`` returns the exact, unreduced curve (one point per distinct score) for inspection.
 
 Edge cases (the official script would divide by zero): no GT region at all, or no GT-negative
@@ -57,8 +59,7 @@ def aupro_from_split(split: PixelSplit, fpr_limit: float) -> float:
     limit = check_fpr_limit(fpr_limit)
     if not _pro_defined(split, "AU-PRO"):
         return float("nan")
-    fprs, pros = _reduced_curve(split)
-    return float(trapezoid(fprs, pros, x_max=limit) / limit)
+    return _reduced_area(split, limit) / limit
 
 
 def pro_curve(anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,31 +126,46 @@ def _pro_defined(split: PixelSplit, what: str) -> bool:
     return True
 
 
-def _reduced_curve(split: PixelSplit) -> tuple[np.ndarray, np.ndarray]:
-    """The PRO curve reduced to the points around each distinct positive-pixel score.
+def _reduced_area(split: PixelSplit, limit: float) -> float:
+    """``trapezoid(fprs, pros, x_max=limit)`` of the PRO curve reduced to the points around each distinct
+    positive-pixel score, summed in closed form over the segments below the limit.
 
-    For each distinct score t among GT-positive pixels (descending) two points are kept:
-    A = (FPR, PRO) of all pixels with score > t, B = those with score >= t. A is the exact curve's
-    point at the next higher distinct score (or (0, 0) if none), B its point at t; between B of one
-    t and A of the next only negatives enter, so the exact curve is horizontal there. A final point
-    at the lowest score (FPR = 1) closes the horizontal run after the last positive score.
+    For the distinct positive scores t_0 > t_1 > ... two points each are kept: A_j = (FPR, PRO) of all
+    pixels with score > t_j and B_j = those with score >= t_j. A_j is the exact curve's point at the
+    next higher distinct score (or (0, 0)), B_j its point at t_j; between B_j and A_{j+1} only negatives
+    enter, so the exact curve is horizontal there. The curve is (0, 0), A_0, B_0, A_1, ..., B_{k-1},
+    (1, PRO(B_{k-1})), (1, 1), FPRs and PROs clipped to <= 1, as MVTec's compute_pro returns it; with
+    P_j = PRO(B_j) (P_-1 = 0), A_j = (a_j, P_{j-1}) and B_j = (b_j, P_j), so segment A_j B_j has area
+    (P_{j-1} + P_j)(b_j - a_j) / 2 and segment B_j A_{j+1} area P_j (a_{j+1} - b_j).
     """
-    n_neg, n_regions = split.n_neg, split.n_regions
-    r = split.ranking  # ascending distinct positive scores; the curve runs from the highest down
-    thresholds = r.thresholds[::-1]
-    pro_ge = np.cumsum(r.weight_sums[::-1]) / n_regions
-    pro_gt = np.concatenate([[0.0], pro_ge[:-1]])
-    fp_ge = (n_neg - r.neg_below)[::-1]
-    fp_gt = (n_neg - r.neg_below_or_equal)[::-1]
-    k = thresholds.size
-    fprs = np.empty(2 * k + 1)
-    pros = np.empty(2 * k + 1)
-    fprs[0 : 2 * k : 2] = fp_gt / n_neg
-    fprs[1 : 2 * k : 2] = fp_ge / n_neg
-    pros[0 : 2 * k : 2] = pro_gt
-    pros[1 : 2 * k : 2] = pro_ge
-    fprs[-1], pros[-1] = 1.0, pro_ge[-1]  # the point at the lowest score: all negatives counted
-    return _close_curve(fprs, pros)
+    n_neg, r = split.n_neg, split.ranking  # ascending distinct positive scores; the curve runs downwards
+    k = r.thresholds.size
+    pro = np.cumsum(r.weight_sums[::-1])
+    pro /= split.n_regions
+    np.minimum(pro, 1.0, out=pro)
+    a = np.subtract(n_neg, r.neg_below_or_equal[::-1], dtype=np.float64)  # false positives > t_j
+    a /= n_neg
+    b = np.subtract(n_neg, r.neg_below[::-1], dtype=np.float64)  # false positives >= t_j
+    b /= n_neg
+    m_a = int(np.searchsorted(a, limit, side="right"))  # points A_j with x <= limit (a prefix: x ascends)
+    m_b = int(np.searchsorted(b, limit, side="right"))  # points B_j with x <= limit; m_b <= m_a <= m_b + 1
+    left = pro[:m_b].copy()  # P_{j-1} + P_j for j < m_b
+    left[1:] += pro[: m_b - 1]
+    area = 0.5 * float(np.dot(left, b[:m_b] - a[:m_b]))
+    if m_a > 1:
+        area += float(np.dot(pro[: m_a - 1], a[1:m_a] - b[: m_a - 1]))
+    # the last point with x <= limit, and the next one (for MVTec's interpolated correction trapezoid)
+    if m_a > m_b:
+        (x0, y0), (x1, y1) = (a[m_a - 1], pro[m_a - 2] if m_a > 1 else 0.0), (b[m_a - 1], pro[m_a - 1])
+    else:
+        x0, y0 = (b[m_b - 1], pro[m_b - 1]) if m_b else (0.0, 0.0)
+        x1, y1 = (a[m_b], pro[m_b - 1] if m_b else 0.0) if m_b < k else (1.0, pro[k - 1])
+    if limit >= 1.0:  # every point is kept: the closing horizontal run to (1, P_{k-1}), then (1, 1)
+        return area + float(pro[k - 1] * (1.0 - b[k - 1]))
+    if x0 < limit:
+        y_interp = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+        area += 0.5 * (y_interp + y0) * (limit - x0)
+    return float(area)
 
 
 def _close_curve(fprs: np.ndarray, pros: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -188,6 +188,20 @@ def test_aupro_equals_area_under_exact_curve(fpr_limit):
     assert aupro(maps, masks, fpr_limit) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_aupro_equals_exact_curve_at_limits_on_and_between_curve_points(seed):
+    """The closed-form area must follow trapezoid() wherever the limit falls: exactly on a curve point
+    (no correction), on a diagonal step of tied scores, or on a horizontal run between positives."""
+    rng = np.random.default_rng(seed)
+    maps, masks = random_case(rng, n_images=6, decimals=1 + seed % 2)
+    fprs, pros = pro_curve(maps, masks)
+    inner = np.unique(fprs[(fprs > 0) & (fprs < 1)])
+    limits = list(inner[:: max(1, inner.size // 8)]) + list((inner[:-1] + inner[1:])[:: max(1, inner.size // 8)] / 2)
+    for fpr_limit in limits + [1.0, inner[0] / 2]:
+        expected = trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
+        assert aupro(maps, masks, fpr_limit) == pytest.approx(expected, abs=1e-12), fpr_limit
+
+
 def test_matches_reference_when_the_curve_never_reaches_the_limit():
     """All negatives tie at the lowest score: the curve jumps from FPR 0 straight to FPR 1, so the value at
     the limit comes only from interpolating on that last segment."""
