@@ -60,13 +60,11 @@ class _ImageDataset(Dataset):
         size: int,
         augment: dict[str, Any] | None = None,
         with_label: bool = False,
-        with_index: bool = True,
     ) -> None:
         self.samples = samples
         self.size = size
         self.augment = augment
         self.with_label = with_label
-        self.with_index = with_index
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -90,8 +88,7 @@ class _ImageDataset(Dataset):
         out: dict[str, Any] = {"image": image}
         if self.with_label:
             out["label"] = self.samples[i].label
-        if self.with_index:
-            out["index"] = i
+        out["index"] = i
         return out
 
 
@@ -228,7 +225,7 @@ class AnomalyDataModule(L.LightningDataModule):
         if ds is None:
             index = self._require_index()
             if name == "train":
-                ds = _ImageDataset(index.train, self.image_size, augment=self.augment, with_index=False)
+                ds = _ImageDataset(index.train, self.image_size, augment=self.augment)
             elif name == "inference_train":
                 ds = _ImageDataset(index.train, self.image_size)
             else:
@@ -255,7 +252,8 @@ class AnomalyDataModule(L.LightningDataModule):
         self._train_sampler = None
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) training images, repeated ``train_repeats`` times per epoch."""
+        """Shuffled (seeded) training images, repeated ``train_repeats`` times per epoch; batches carry
+        "image" and "index" (the training-set index, e.g. for per-image caches of a method)."""
         ds = self._dataset("train")
         exclude = getattr(self, "train_exclude", frozenset())
         if exclude:

@@ -36,7 +36,7 @@ def test_batches_shapes_dtypes_ranges(syn_root: Path) -> None:
     dm.setup("test")
     assert dm.index is index, "setup must be idempotent"
     train = list(dm.train_dataloader())
-    assert set(train[0]) == {"image"}
+    assert set(train[0]) == {"image", "index"}
     assert train[0]["image"].shape == (4, 3, 32, 32) and train[0]["image"].dtype == torch.float32
     assert sum(b["image"].shape[0] for b in train) == 5  # drop_last=False
     test = list(dm.test_dataloader())

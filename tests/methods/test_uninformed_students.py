@@ -3,6 +3,8 @@ teacher cache, missing weights offline, configs, leaderboard paper column, learn
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,15 +86,48 @@ def test_training_crop_sees_the_same_descriptors_as_the_whole_image():
     with torch.no_grad():
         full = net.dense(x)
         torch.manual_seed(3)
-        view, padding = module._training_view(x, 33)
+        view, padding, window = module._training_view(x, 33)
         torch.manual_seed(3)
         top, left = (int(v) for v in torch.randint(0, 24 - 8 + 1, (2,)))
-        assert view.shape[-2:] == (8 + 32, 8 + 32) and padding is False
+        assert view.shape[-2:] == (8 + 32, 8 + 32) and padding is False and window == (top, left, 8)
         torch.testing.assert_close(net.dense(view, padding=False), full[..., top:top + 8, left:left + 8],
                                    atol=1e-5, rtol=1e-4)
     module.train_crop = 24  # a crop as large as the image: the whole image, padded as at test time
-    view, padding = module._training_view(x, 33)
-    assert padding is True and view is x
+    view, padding, window = module._training_view(x, 33)
+    assert padding is True and view is x and window is None
+
+
+@pytest.mark.parametrize("train_crop", [8, None])
+def test_cached_teacher_targets_give_the_same_loss_as_running_the_teacher(train_crop):
+    """Without augmentation the frozen teacher's normalised descriptors are kept from the statistics pass;
+    a step that reads them (crop or whole image) has the loss of a step that runs the teacher."""
+    torch.manual_seed(0)
+    module = UninformedStudents(patch_sizes=[17], n_students=2, train_crop=train_crop, **SMALL)
+    images = torch.rand(3, 3, 24, 24)
+    batches = [{"image": images[:2], "index": torch.tensor([0, 1])}, {"image": images[2:], "index": torch.tensor([2])}]
+    module.fit_teacher_statistics(batches, exclude={1}, keep_outputs=True)
+    assert sorted(module._teacher_targets[17]) == [0, 2]  # held-out images are not training targets
+    batch, indices = images[[2, 0]], [2, 0]
+    torch.manual_seed(5)
+    cached = module.compute_losses(batch, indices)["loss"]
+    torch.manual_seed(5)
+    computed = module.compute_losses(batch)["loss"]
+    torch.testing.assert_close(cached, computed, atol=1e-5, rtol=1e-5)
+    for target in module._teacher_targets[17].values():  # the cache is what the cached step read
+        target.zero_()
+    torch.manual_seed(5)
+    assert not torch.allclose(module.compute_losses(batch, indices)["loss"], computed, rtol=1e-2)
+
+
+def test_teacher_outputs_are_not_cached_with_augmentation_or_over_the_memory_cap(capsys):
+    module = UninformedStudents(patch_sizes=[17], n_students=1, teacher_output_cache_mb=1, **SMALL)
+    datamodule = SimpleNamespace(augment={}, image_size=24)
+    assert module._can_cache_teacher_outputs(datamodule, n_images=10)  # 10 × d × 24² floats < 1 MB
+    assert not module._can_cache_teacher_outputs(SimpleNamespace(augment={"hflip": True}, image_size=24), 10)
+    assert not module._can_cache_teacher_outputs(datamodule, n_images=1000)
+    assert "teacher_output_cache_mb=1" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="teacher_output_cache_mb"):
+        UninformedStudents(patch_sizes=[17], teacher_output_cache_mb=-1, **SMALL)
 
 
 def test_patch_net_layers_follow_the_paper_tables():

@@ -6,7 +6,9 @@ Fit:
    every teacher's dense descriptors over the remaining training images.
 2. `training_step`: every student regresses the normalised teacher descriptors of every pixel
    (mean over pixels of ‖student − (teacher − μ)/σ‖²); held-out images never reach it (excluded from
-   the datamodule's training set by index in `on_fit_start`).
+   the datamodule's training set by index in `on_fit_start`). The teachers are frozen, so without
+   augmentation each training image's normalised teacher descriptors are kept from step 1's statistics
+   pass (`teacher_output_cache_mb`) and every step reads its crop instead of running the teacher.
 3. `prepare_inference` (start of every test): mean/std of the regression error and of the predictive
    variance over all pixels of the held-out normal images, per scale — the standardisation of the score.
 """
@@ -74,6 +76,7 @@ class UninformedStudents(AnomalyModule):
         val_fraction: float = 0.1,
         val_seed: int = 0,
         train_crop: int | None = None,
+        teacher_output_cache_mb: int = 4096,
         backbone: dict[str, Any] | None = None,
         teacher: dict[str, Any] | None = None,
         optimizer: OptimizerFactory | None = None,
@@ -86,6 +89,11 @@ class UninformedStudents(AnomalyModule):
         self.val_seed = int(val_seed)
         self.train_crop = None if train_crop is None else int(train_crop)
         self.width = float(width)
+        if teacher_output_cache_mb < 0:
+            raise ValueError(f"teacher_output_cache_mb must be >= 0 (0 = no cache), got {teacher_output_cache_mb}")
+        self.teacher_output_cache_mb = int(teacher_output_cache_mb)
+        # scale → training-set index → normalised teacher descriptors d×H×W of the whole image (fit only)
+        self._teacher_targets: dict[int, dict[int, torch.Tensor]] = {}
         self.model = StudentTeacherModel(patch_sizes, n_students, descriptor_dim, width)  # students: run seed
         # each teacher starts from a seed of its own, the same for every category, run and scale list
         # (a random-init teacher is then one fixed network; a distilled one starts from it)
@@ -121,47 +129,90 @@ class UninformedStudents(AnomalyModule):
             category_images, data_id, self.device, build_backbone)
         for p, info in self.teacher_report.items():
             print(f"uninformed_students: teacher p={p}: {info['source']}" + (f" ({info['path']})" if "path" in info else ""))
-        self.fit_teacher_statistics(loader, exclude=held_out)
+        keep_outputs = self._can_cache_teacher_outputs(datamodule, n_images - len(held_out))
+        self.fit_teacher_statistics(loader, exclude=held_out, keep_outputs=keep_outputs)
+
+    def _can_cache_teacher_outputs(self, datamodule: Any, n_images: int) -> bool:
+        """Whether the frozen teachers' training targets can be computed once: no augmentation (the
+        targets would change per draw) and the whole-image descriptors fit in teacher_output_cache_mb."""
+        if getattr(datamodule, "augment", None) or self.teacher_output_cache_mb == 0:
+            return False
+        size = int(getattr(datamodule, "image_size", 0))
+        needed_mb = n_images * len(self.model.patch_sizes) * self.model.descriptor_dim * size * size * 4 / 2**20
+        if not size or needed_mb > self.teacher_output_cache_mb:
+            print(f"uninformed_students: teacher outputs not cached (need {needed_mb:.0f} MB > "
+                  f"teacher_output_cache_mb={self.teacher_output_cache_mb}); the teachers run every step")
+            return False
+        return True
+
+    def on_fit_end(self) -> None:
+        self._teacher_targets = {}  # free the training targets before testing
 
     @torch.no_grad()
-    def fit_teacher_statistics(self, loader: DataLoader, exclude: set[int] = frozenset()) -> None:
-        """Per-channel mean/std of each teacher's dense descriptors over the training images."""
+    def fit_teacher_statistics(self, loader: DataLoader, exclude: set[int] = frozenset(),
+                               keep_outputs: bool = False) -> None:
+        """Per-channel mean/std of each teacher's dense descriptors over the training images; with
+        keep_outputs, also keep every image's descriptors, normalised, as its training targets."""
         moments = {p: _RunningMoments() for p in self.model.patch_sizes}
+        kept: dict[int, dict[int, torch.Tensor]] = {p: {} for p in self.model.patch_sizes}
         for batch in loader:
             keep = [k for k, i in enumerate(batch["index"].tolist()) if i not in exclude]
             if not keep:
                 continue
             x = normalize_images(batch["image"][keep].to(self.device))
+            indices = [batch["index"][k].item() for k in keep]
             for p in self.model.patch_sizes:
-                moments[p].add(self.model.teachers[str(p)].dense(x), dims=(0, 2, 3))
+                dense = self.model.teachers[str(p)].dense(x)
+                moments[p].add(dense, dims=(0, 2, 3))
+                if keep_outputs:
+                    kept[p].update(zip(indices, dense.unbind(0)))
         for k, p in enumerate(self.model.patch_sizes):
             mean, std = moments[p].result()
             self.model.teacher_mean[k] = mean.to(self.device)
             self.model.teacher_std[k] = std.clamp_min(1e-6).to(self.device)
+            for target in kept[p].values():  # in place: no second copy of the cache
+                target.sub_(self.model.teacher_mean[k].view(-1, 1, 1)).div_(self.model.teacher_std[k].view(-1, 1, 1))
+        self._teacher_targets = kept if keep_outputs else {}
         self.model.fitted[0] = True
 
-    def _training_view(self, x: torch.Tensor, scale: int) -> tuple[torch.Tensor, bool]:
+    def _training_view(self, x: torch.Tensor, scale: int) -> tuple[torch.Tensor, bool, tuple[int, int, int] | None]:
         """The input the students see this step at `scale`: the whole (normalised) image, or with
         `train_crop` a random crop of crop×crop output pixels plus its real p−1 context (the same
-        per-pixel targets as the whole image, at a fraction of the cost). Returns (input, padding)."""
+        per-pixel targets as the whole image, at a fraction of the cost). Returns (input, padding,
+        window): window = (top, left, crop) of the output pixels in whole-image coordinates, or None."""
         size = min(x.shape[-2:])
         if self.train_crop is None or self.train_crop >= size:
-            return x, True
+            return x, True, None
         half = (scale - 1) // 2
         padded = pad_images(x, half)  # the reflect padding that dense() uses on whole images
         top, left = (int(v) for v in torch.randint(0, size - self.train_crop + 1, (2,)))
         extent = self.train_crop + scale - 1
-        return padded[..., top:top + extent, left:left + extent], False
+        return padded[..., top:top + extent, left:left + extent], False, (top, left, self.train_crop)
 
-    def compute_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Mean over students and pixels of ‖student − normalised teacher‖², per scale and in total."""
+    def _cached_targets(self, scale: int, indices: list[int] | None,
+                        window: tuple[int, int, int] | None) -> torch.Tensor | None:
+        """The normalised teacher descriptors of these training images (in the window), from the cache."""
+        cache = self._teacher_targets.get(scale)
+        if not cache or indices is None or any(i not in cache for i in indices):
+            return None
+        targets = [cache[i] for i in indices]
+        if window is not None:
+            top, left, crop = window
+            targets = [t[:, top:top + crop, left:left + crop] for t in targets]
+        return torch.stack(targets)
+
+    def compute_losses(self, images: torch.Tensor, indices: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Mean over students and pixels of ‖student − normalised teacher‖², per scale and in total.
+        `indices` (training-set indices of the images) lets the targets come from the teacher cache."""
         x = normalize_images(images)
         out: dict[str, torch.Tensor] = {}
         for k, p in enumerate(self.model.patch_sizes):
-            view, padding = self._training_view(x, p)
-            with torch.no_grad():
-                teacher = self.model.teachers[str(p)].dense(view, padding=padding)
-                target = (teacher - self.model.teacher_mean[k].view(1, -1, 1, 1)) / self.model.teacher_std[k].view(1, -1, 1, 1)
+            view, padding, window = self._training_view(x, p)
+            target = self._cached_targets(p, indices, window)
+            if target is None:
+                with torch.no_grad():
+                    teacher = self.model.teachers[str(p)].dense(view, padding=padding)
+                    target = (teacher - self.model.teacher_mean[k].view(1, -1, 1, 1)) / self.model.teacher_std[k].view(1, -1, 1, 1)
             students = ensemble_dense(self.model.students[str(p)], view, padding=padding)
             out[f"loss_p{p}"] = (students - target.unsqueeze(0)).pow(2).sum(dim=2).mean()
         out["loss"] = torch.stack([out[f"loss_p{p}"] for p in self.model.patch_sizes]).sum()
@@ -169,7 +220,8 @@ class UninformedStudents(AnomalyModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images = batch["image"]  # held-out images were excluded from the training set in on_fit_start
-        out = self.compute_losses(images)
+        indices = batch["index"].tolist() if "index" in batch else None
+        out = self.compute_losses(images, indices)
         for name, value in out.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=images.shape[0])
         return out["loss"]
