@@ -3,7 +3,8 @@
     python scripts/bench_patch_svdd.py [--device cpu|cuda] [--bank 680000] [--queries 3249]
 
 Prints the time of one training step (batch 64 and 16 images → one position pair and one SVDD'
-pair per K per image, as the official loader), inference time per 256² image (dense embeddings +
+pair per K per image, as the official loader; batch 64 also under bf16 autocast, what
+trainer.precision=bf16-mixed runs), inference time per 256² image (dense embeddings +
 exact 1-NN against a bank of a real category's size + maps), and exact / subsampled NN search
 time for a bank of a typical MVTec category (209 train images × 57² K=32 patches ≈ 680k × 64;
 one test image = 57² = 3249 queries), with peak memory (process max RSS on CPU, CUDA peak on GPU).
@@ -64,17 +65,20 @@ def main() -> None:
     model.fit_mean([torch.rand(2, 3, 256, 256, device=device)])
     optimizer = module.configure_optimizers()
 
-    for batch in (64, 16):
+    for batch, bf16 in ((64, False), (64, True), (16, False)):
         images = torch.rand(batch, 3, 256, 256, device=device)
 
         def step() -> None:
             optimizer.zero_grad()
-            module.compute_losses(images)["loss"].backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # trainer.precision=bf16-mixed
+                loss = module.compute_losses(images)["loss"]
+            loss.backward()
             optimizer.step()
 
         _reset_peak(device)
         seconds = _timed(step, device, args.repeats)
-        print(f"train step, batch {batch:3d}: {seconds * 1000:8.0f} ms   ({_peak_mib(device)})")
+        kind = "bf16-mixed" if bf16 else "float32"
+        print(f"train step, batch {batch:3d}, {kind:10s}: {seconds * 1000:8.0f} ms   ({_peak_mib(device)})")
 
     # banks of a real category's size (random tanh vectors); K=64: 209 × 13² ≈ 35k
     gen = torch.Generator().manual_seed(0)

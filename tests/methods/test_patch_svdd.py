@@ -63,6 +63,21 @@ def test_one_small_encoder_pass_for_both_patch_sizes_equals_two():
     torch.testing.assert_close(h_small, hier.enc(small), atol=1e-6, rtol=1e-5)
 
 
+def test_inference_stays_float32_under_bf16_autocast():
+    """trainer.precision=bf16-mixed speeds up training only: banks and test embeddings are float32 (bf16
+    keeps ~3 digits, too few for nearest-neighbour distances), so the map equals the float32 one."""
+    model, test = _fitted_model()
+    train = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 0.5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.encoder_small(test[..., :32, :32]).dtype == torch.bfloat16  # autocast is active here
+        model.fit_bank([train])
+        bank, out = model.bank_32.clone(), model(test).anomaly_map
+    model.fit_bank([train])
+    assert bank.dtype == out.dtype == torch.float32
+    torch.testing.assert_close(bank, model.bank_32, atol=0, rtol=0)
+    torch.testing.assert_close(out, model(test).anomaly_map, atol=0, rtol=0)
+
+
 def test_cpu_chunked_encoder_equals_whole_batch():
     """encoder_cpu_chunk only splits the batch into calls: same embeddings and parameter gradients."""
     torch.manual_seed(0)

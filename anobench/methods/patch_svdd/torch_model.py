@@ -22,6 +22,7 @@ patch-by-patch computation.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -37,6 +38,20 @@ SMALL_K = 32  # patch size of EncoderSmall
 BIG_K = 64  # patch size of EncoderHier
 _SMALL_STRIDE = 2  # spacing, in pixels, of EncoderSmall's dense output grid
 _NEG_SLOPE = 0.1
+
+
+def _float32(method):
+    """Run an inference method with autocast off: under trainer.precision=bf16-mixed (training only) the
+    embeddings would keep ~3 significant digits, too few for nearest-neighbour distances of ~1e-3 of
+    their norm; banks and test patches are always embedded in float32."""
+
+    @functools.wraps(method)
+    def wrapped(self, images, *args, **kwargs):
+        device = images.device.type if isinstance(images, torch.Tensor) else self.mean_image.device.type
+        with torch.autocast(device_type=device, enabled=False):
+            return method(self, images, *args, **kwargs)
+
+    return wrapped
 
 
 class EncoderSmall(nn.Module):
@@ -293,6 +308,7 @@ class PatchSVDDModel(nn.Module):
         self.mean_image = (total / count).to(self.mean_image.dtype)
 
     @torch.no_grad()
+    @_float32
     def fit_bank(
         self, batches: Iterable[torch.Tensor], subsample: float | int | None = None, seed: int = 0
     ) -> None:
@@ -325,6 +341,7 @@ class PatchSVDDModel(nn.Module):
         return index
 
     # --- inference ---------------------------------------------------------------------------
+    @_float32
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L2 distance of each dense test patch to its nearest training patch: (B×n64×n64, B×n32×n32)."""
         if self.bank_64.shape[0] == 0 or self.bank_32.shape[0] == 0:
@@ -337,6 +354,7 @@ class PatchSVDDModel(nn.Module):
             out.append(self.nn_index(name).query(queries).reshape(b, n_h, n_w))
         return out[0], out[1]
 
+    @_float32
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
         """B×3×S×S images in [0, 1] → map B×S×S (M64 ⊙ M32) and score B (max of the map)."""
         with torch.no_grad():
