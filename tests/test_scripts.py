@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -130,3 +132,40 @@ def test_us_scales_names_bad_steps_and_other_methods(tmp_path):
                 "data.synthetic.n_train=4", "data.synthetic.n_test_good=1", "data.synthetic.n_test_per_defect=1",
                 f"paths.data_dir={tmp_path}", "trainer.max_steps=1")
     assert short.returncode != 0 and "--steps [2]: the fit stopped at step 1 before reaching them all" in short.stderr
+
+
+def _nn_result(work: Path, search: str, image: float, seconds: float, status: str = "ok") -> None:
+    (work / search).mkdir(parents=True)
+    record = {"status": status, "timings": {"inference_s": seconds},
+              "metrics": {"image_auroc": image, "pixel_auroc": 0.9, "pro": 0.7},
+              "evaluation": {"nearest_neighbour": {"search": search, "nprobe": 8} if search == "ivf" else {"search": search}}}
+    (work / search / "result.json").write_text(json.dumps(record))
+
+
+def test_bench_nn_search_tables_each_search_against_exact(tmp_path):
+    _nn_result(tmp_path, "exact", 0.95, 150.0)
+    _nn_result(tmp_path, "ivf", 0.947, 36.0)
+    proc = subprocess.run([sys.executable, "scripts/bench_nn_search.py", str(tmp_path / "run"), "--work", str(tmp_path),
+                           "--searches", "exact", "ivf", "--collect-only"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "| ivf (nprobe 8) | 36.0 | 0.9470 |" in proc.stdout and "-0.0030 / +0.0000 / +0.0000" in proc.stdout
+
+
+def test_bench_nn_search_names_missing_failed_and_wrong_runs(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "scripts/bench_nn_search.py", *args], cwd=REPO, capture_output=True,
+                              text=True)
+
+    _nn_result(tmp_path, "exact", 0.95, 150.0, status="failed")
+    failed = run(str(tmp_path), "--work", str(tmp_path), "--searches", "exact", "--collect-only")
+    assert failed.returncode != 0 and "status 'failed'" in failed.stderr
+    missing = run(str(tmp_path), "--work", str(tmp_path), "--searches", "hnsw", "--collect-only")
+    assert missing.returncode != 0 and str(tmp_path / "hnsw" / "result.json") in missing.stderr
+    no_run = run(str(tmp_path / "nothing"))
+    assert no_run.returncode != 0 and "must be a finished `anobench train` run" in no_run.stderr
+    other = tmp_path / "memae_run"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (other / "config.yaml").write_text("method:\n  name: memae\n")
+    wrong = run(str(other))
+    assert wrong.returncode != 0 and "method=memae, not patch_svdd" in wrong.stderr
