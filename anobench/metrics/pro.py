@@ -150,7 +150,8 @@ def _reduced_area(split: PixelSplit, limit: float) -> float:
     m_a = int(np.searchsorted(a, limit, side="right"))  # points A_j with x <= limit (a prefix: x ascends)
     m_b = int(np.searchsorted(b, limit, side="right"))  # points B_j with x <= limit; m_b <= m_a <= m_b + 1
     left = pro[:m_b].copy()  # P_{j-1} + P_j for j < m_b
-    left[1:] += pro[: m_b - 1]
+    if m_b > 1:
+        left[1:] += pro[: m_b - 1]
     area = 0.5 * float(np.dot(left, b[:m_b] - a[:m_b]))
     if m_a > 1:
         area += float(np.dot(pro[: m_a - 1], a[1:m_a] - b[: m_a - 1]))

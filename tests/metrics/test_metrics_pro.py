@@ -202,6 +202,19 @@ def test_aupro_equals_exact_curve_at_limits_on_and_between_curve_points(seed):
         assert aupro(maps, masks, fpr_limit) == pytest.approx(expected, abs=1e-12), fpr_limit
 
 
+@pytest.mark.parametrize("fpr_limit", [0.3, 0.05, 1.0])
+def test_aupro_when_the_highest_score_already_passes_the_limit(fpr_limit):
+    """The top positive score ties with most negatives: the first diagonal step already crosses the limit."""
+    maps = [np.ones((10, 10)), np.ones((10, 10))]
+    maps[1][0, :3] = 0.0  # 3 of 199 negatives below the top score
+    masks = [np.zeros((10, 10), bool), np.zeros((10, 10), bool)]
+    masks[1][5, 5:8] = True
+    maps[1][5, 6:8] = 0.5, 0.7  # lower positive scores
+    fprs, pros = pro_curve(maps, masks)
+    expected = trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
+    assert aupro(maps, masks, fpr_limit) == pytest.approx(expected, abs=1e-12)
+
+
 def test_matches_reference_when_the_curve_never_reaches_the_limit():
     """All negatives tie at the lowest score: the curve jumps from FPR 0 straight to FPR 1, so the value at
     the limit comes only from interpolating on that last segment."""
