@@ -150,17 +150,6 @@ def float32_from_order_keys(keys: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def argsort_scores(scores: np.ndarray) -> np.ndarray:
-    """Ascending argsort (order inside ties arbitrary). float32: one sort of 64-bit keys (order-preserving
-    bits of the score, index in the low half), faster than np.argsort; other dtypes use np.argsort."""
-    if scores.dtype != np.float32 or scores.size >= 2**32:
-        return np.argsort(scores)
-    keys = float32_order_keys(scores).astype(np.uint64)
-    keys = (keys << np.uint64(32)) | np.arange(scores.size, dtype=np.uint64)
-    keys.sort()
-    return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
-
-
 def available_cpus() -> int:
     """CPUs this process may run on (the affinity mask where the OS has one)."""
     try:

@@ -334,16 +334,20 @@ def test_pro_curve_without_regions_has_nan_pros():
 
 
 # --- the shared pixel bookkeeping: parallel chunks and the float32 key sort -------------------------
-def test_argsort_scores_orders_float32_like_numpy_including_negatives_zeros_and_ties():
-    from anobench.metrics._pixels import argsort_scores
+def test_float32_order_keys_sort_like_numpy_and_invert_exactly():
+    """The positives are sorted as integer keys of their float32 bits: the key order must be numpy's order
+    (negatives, -0.0 beside 0.0, ties) and decoding the keys must give back the very same floats."""
+    from anobench.metrics._pixels import float32_from_order_keys, float32_order_keys
 
     rng = np.random.default_rng(0)
-    scores = np.concatenate([rng.standard_normal(500), [-0.0, 0.0, 0.0, -1e-30, 1e-30, -3.5, -3.5, 7.0]])
+    scores = np.concatenate([rng.standard_normal(500), [-0.0, 0.0, 0.0, -1e-30, 1e-30, -3.5, -3.5, 7.0, -np.inf]])
     scores = scores.astype(np.float32)
     rng.shuffle(scores)
-    order = argsort_scores(scores)
-    assert sorted(order.tolist()) == list(range(scores.size))  # a permutation
-    np.testing.assert_array_equal(scores[order], np.sort(scores))
+    keys = float32_order_keys(scores)
+    assert keys.dtype == np.uint32
+    np.testing.assert_array_equal(scores[np.argsort(keys, kind="stable")], np.sort(scores))
+    np.testing.assert_array_equal(float32_from_order_keys(np.sort(keys)), np.sort(scores))
+    np.testing.assert_array_equal(float32_from_order_keys(keys).view(np.uint32), scores.view(np.uint32))  # bit-exact
 
 
 @pytest.mark.parametrize("n_chunks", [1, 2, 3, 5])
