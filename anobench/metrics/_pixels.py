@@ -6,9 +6,9 @@ Both metrics only need two things from a category's maps and masks:
 * the scores of all GT-positive pixels, each with 1 / (area of its GT region).
 
 Splitting the pixels once into those buffers costs about one copy of the scores and no index
-array over all pixels (on this project's VMs, memory a process touches for the first time costs
-~2 s per GB, so the metrics avoid temporaries rather than CPU work), so a full-resolution category (100 maps of 1024x1024) fits in ~1 GB on top
-of the caller's maps; sorting only values (not indices) keeps it fast.
+array over all pixels, so a full-resolution category (100 maps of 1024x1024) fits in ~1 GB on top
+of the caller's maps; sorting only values (not indices) keeps it fast. On this project's VMs memory a
+process touches for the first time costs ~2 s per GB, so the code avoids temporaries over CPU work.
 """
 
 from __future__ import annotations
@@ -54,11 +54,14 @@ class PixelSplit:
         return int(self.region_areas.size)
 
     @property
+    def region_weights(self) -> np.ndarray:
+        """1 / area of each GT region (float64): a positive pixel's share of its region's PRO."""
+        return 1.0 / self.region_areas
+
+    @property
     def pos_weights(self) -> np.ndarray | None:
         """1 / area of the GT region each positive pixel belongs to (float64), or None without regions."""
-        if self.pos_regions is None:
-            return None
-        return (1.0 / self.region_areas)[self.pos_regions]
+        return None if self.pos_regions is None else self.region_weights[self.pos_regions]
 
     def count_neg_below(self, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per ascending threshold t, the numbers of negatives < t and <= t (int64 each).
@@ -115,18 +118,18 @@ def rank_positives(split: PixelSplit) -> PositiveRanking:
     weights = None
     if regions is None:
         ordered = np.sort(scores)
-    elif scores.dtype == np.float32 and split.n_regions < 2**32:
+    elif scores.dtype == np.float32:  # region indices are int32: they fit the low 32 bits
         keys = float32_order_keys(scores).astype(np.uint64)
         keys <<= np.uint64(32)
         keys |= regions.astype(np.uint64)
         keys.sort()
-        weights = (1.0 / split.region_areas)[(keys & np.uint64(0xFFFFFFFF)).astype(np.intp)]
+        weights = split.region_weights[(keys & np.uint64(0xFFFFFFFF)).astype(np.intp)]
         keys >>= np.uint64(32)
         ordered = float32_from_order_keys(keys.astype(np.uint32))
         del keys
     else:
         order = np.argsort(scores, kind="stable")
-        ordered, weights = scores[order], (1.0 / split.region_areas)[regions[order]]
+        ordered, weights = scores[order], split.region_weights[regions[order]]
     if ordered.size:
         starts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
         starts = np.concatenate([[0], starts])

@@ -379,6 +379,27 @@ def test_faiss_hnsw_is_close_and_never_below_exact():
         NearestNeighbourIndex(bank, "hnsw", hnsw_m=1)
 
 
+def test_approximate_search_falls_back_to_exact_where_it_finds_no_neighbour():
+    """faiss answers -1 for a query whose probed cells hold nothing; those queries get the exact neighbour."""
+    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
+
+    bank, queries, reference = _far_tight_bank()
+    index = NearestNeighbourIndex(bank, "ivf", nlist=8, nprobe=1)
+    search, calls = index.index.search, []
+
+    def search_with_gaps(x, k):
+        calls.append(len(x))
+        distances, found = search(x, k)
+        found[::3] = -1
+        return distances, found
+
+    index.index.search = search_with_gaps
+    dist, found = index.query(queries, return_index=True)
+    assert calls == [len(queries)] and (found >= 0).all()
+    assert (found[::3] == reference.indices[::3]).float().mean() > 0.98
+    torch.testing.assert_close(dist[::3].double(), reference.values[::3], rtol=1e-3, atol=0)
+
+
 def _far_tight_bank(seed: int = 0):
     """Embeddings like a trained encoder's on MVTec bottle: all near one point of norm ~0.3, nearest
     neighbours ~1e-4 apart, so ||q||² ≈ 0.09 dwarfs the squared distances in float32."""

@@ -152,12 +152,13 @@ class NearestNeighbourIndex:
         self.chunk_size = chunk_size
         self.mean = bank_mean(bank)
         self.index = None
+        self._mean_cpu = self.mean.detach().to("cpu", torch.float32)
         if search == "torch" or bank.is_cuda:
             self.centred = bank - self.mean
             return
         import faiss  # faiss-cpu, a dependency; imported here so torch-only paths do not need it
 
-        data = (bank.detach().to("cpu", torch.float32) - self.mean.cpu().float()).contiguous().numpy()
+        data = (bank.detach().to("cpu", torch.float32) - self._mean_cpu).contiguous().numpy()
         d = data.shape[1]
         if search == "exact":
             self.index = faiss.IndexFlatL2(d)
@@ -188,14 +189,14 @@ class NearestNeighbourIndex:
             _, index = nearest_distances(centred, self.centred, chunk_size=self.chunk_size, return_index=True,
                                          center=False)
         else:
-            q = (queries.detach().to("cpu", torch.float32) - self.mean.cpu().float()).contiguous()
+            q = (queries.detach().to("cpu", torch.float32) - self._mean_cpu).contiguous()
             _, found = self.index.search(q.numpy(), 1)
             index = torch.from_numpy(found[:, 0]).to(torch.long)
             # ivf / hnsw: a query whose probed cells are empty gets -1; fall back to the exact search for those
             missing = index < 0
             if missing.any():
-                index[missing] = nearest_distances(q[missing], self.bank.to("cpu", torch.float32) - self.mean.cpu(),
-                                                   return_index=True, center=False)[1]
+                index[missing] = nearest_distances(q[missing] + self._mean_cpu, self.bank.to("cpu", torch.float32),
+                                                   return_index=True)[1]
             index = index.to(self.bank.device)
         distances = (queries.to(self.bank.dtype) - self.bank[index]).norm(dim=1)
         return (distances, index) if return_index else distances

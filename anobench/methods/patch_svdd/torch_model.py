@@ -46,10 +46,9 @@ def _float32(method):
     their norm; banks and test patches are always embedded in float32."""
 
     @functools.wraps(method)
-    def wrapped(self, images, *args, **kwargs):
-        device = images.device.type if isinstance(images, torch.Tensor) else self.mean_image.device.type
-        with torch.autocast(device_type=device, enabled=False):
-            return method(self, images, *args, **kwargs)
+    def wrapped(self, *args, **kwargs):
+        with torch.autocast(device_type=self.mean_image.device.type, enabled=False):
+            return method(self, *args, **kwargs)
 
     return wrapped
 

@@ -156,11 +156,12 @@ class UninformedStudents(AnomalyModule):
         moments = {p: _RunningMoments() for p in self.model.patch_sizes}
         kept: dict[int, dict[int, torch.Tensor]] = {p: {} for p in self.model.patch_sizes}
         for batch in loader:
-            keep = [k for k, i in enumerate(batch["index"].tolist()) if i not in exclude]
+            ids = batch["index"].tolist()
+            keep = [k for k, i in enumerate(ids) if i not in exclude]
             if not keep:
                 continue
             x = normalize_images(batch["image"][keep].to(self.device))
-            indices = [batch["index"][k].item() for k in keep]
+            indices = [ids[k] for k in keep]
             for p in self.model.patch_sizes:
                 dense = self.model.teachers[str(p)].dense(x)
                 moments[p].add(dense, dims=(0, 2, 3))
