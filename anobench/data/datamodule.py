@@ -111,6 +111,20 @@ class _KeptTrainImages(Dataset):
         return out
 
 
+class _TrainIndices(Dataset):
+    """Training-set indices without pixels (`AnomalyDataModule.train_indices_only`): items of the
+    wrapped training dataset map to {"index": training-set index}, nothing is loaded or copied."""
+
+    def __init__(self, indices: list[int]) -> None:
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        return {"index": self.indices[item[0] if isinstance(item, tuple) else item]}
+
+
 class _RepeatShuffleSampler(Sampler):
     """Each epoch: ``repeats`` seeded permutations of the dataset, each draw with an augment seed.
 
@@ -196,6 +210,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.index: CategoryIndex | None = None
         self._datasets: dict[str, _ImageDataset] = {}
         self._train_sampler: _RepeatShuffleSampler | None = None
+        self.train_images = True  # False after train_indices_only(): batches carry "index" only
 
     # --- setup -------------------------------------------------------------------------------
     def _root(self) -> Path:
@@ -251,13 +266,28 @@ class AnomalyDataModule(L.LightningDataModule):
         self.train_exclude = frozenset(int(i) for i in indices)
         self._train_sampler = None
 
+    def train_indices_only(self) -> None:
+        """Make train_dataloader() yield only "index" (same order, same batches), no "image": for a
+        method that keeps its own copy of the training images and crops from it (Patch SVDD), so
+        64 full images are not decoded from cache, converted and collated every step. Only without
+        augmentation — an augmented draw is a new image. Call before train_dataloader()."""
+        if self.augment:
+            raise ConfigError(
+                f"data.augment={self.augment} makes every training draw a new image; train_indices_only() "
+                "needs data.augment=null"
+            )
+        self.train_images = False
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) training images, repeated ``train_repeats`` times per epoch; batches carry
-        "image" and "index" (the training-set index, e.g. for per-image caches of a method)."""
+        "image" and "index" (the training-set index, e.g. for per-image caches of a method), or only
+        "index" after train_indices_only()."""
         ds = self._dataset("train")
         exclude = getattr(self, "train_exclude", frozenset())
         if exclude:
             ds = _KeptTrainImages(ds, [i for i in range(len(ds)) if i not in exclude])
+        if not self.train_images:
+            ds = _TrainIndices(ds.keep if isinstance(ds, _KeptTrainImages) else list(range(len(ds))))
         if self._train_sampler is None:
             self._train_sampler = _RepeatShuffleSampler(len(ds), self.train_repeats, self.seed)
         return self._loader(

@@ -106,6 +106,24 @@ def test_augmentation_is_train_only_and_seeded(syn_root: Path) -> None:
     assert torch.equal(inference, torch.cat([b["image"] for b in _dm(syn_root).inference_train_dataloader()]))
 
 
+def test_train_indices_only_keeps_the_batches_without_pixels(syn_root: Path) -> None:
+    def batches(indices_only: bool, exclude=()) -> list[dict]:
+        dm = _dm(syn_root, train_repeats=3, seed=5)
+        dm.exclude_from_training(exclude)
+        if indices_only:
+            dm.train_indices_only()
+        return list(dm.train_dataloader())
+
+    for exclude in ((), (1, 3)):
+        with_images, indices = batches(False, exclude), batches(True, exclude)
+        assert all(set(b) == {"index"} for b in indices)
+        # same order and batching as the image batches, training-set indices (excluded ones never)
+        assert [b["index"].tolist() for b in indices] == [b["index"].tolist() for b in with_images]
+        assert not set(torch.cat([b["index"] for b in indices]).tolist()) & set(exclude)
+    with pytest.raises(ConfigError, match="data.augment"):
+        _dm(syn_root, augment={"hflip": True}).train_indices_only()
+
+
 def test_synthetic_generated_on_setup(tmp_path: Path) -> None:
     dm = _dm(tmp_path / "fresh", category="weave",
              synthetic=dict(seed=0, image_size=48, n_train=2, n_test_good=1, n_test_per_defect=1))

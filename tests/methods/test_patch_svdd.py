@@ -195,6 +195,35 @@ def test_position_pairs_valid(k):
         torch.testing.assert_close(crops[i], images[i, :, r : r + k, c : c + k])
 
 
+def test_crop_by_image_index_equals_crop_of_the_selected_images():
+    torch.manual_seed(0)
+    train_set = torch.rand(5, 3, 40, 40)
+    index = torch.tensor([4, 0, 4, 2])
+    corners = torch.randint(0, 40 - 16 + 1, (4, 2))
+    crops = crop_patches(train_set, corners, 16, index)
+    assert torch.equal(crops, crop_patches(train_set[index], corners, 16))
+    r, c = corners[2].tolist()
+    assert torch.equal(crops[2], train_set[4, :, r : r + 16, c : c + 16])
+
+
+def test_losses_from_the_kept_training_set_equal_losses_on_image_batches():
+    """The training step crops from the normalised training set by batch["index"] (no image batch):
+    same RNG draws, same crops, so every loss term is bit-identical to the image-batch path."""
+    module = PatchSVDD()
+    _randomize(module, seed=1)
+    images = torch.rand(6, 3, 192, 192)
+    module.model.fit_mean([images])
+    train_set = module.model.normalize(images)
+    index = torch.tensor([5, 1, 1, 3])
+    torch.manual_seed(7)
+    from_batch = module.compute_losses(images[index])
+    torch.manual_seed(7)
+    from_set = module.losses_from_normalised(train_set, index)
+    assert from_batch.keys() == from_set.keys()
+    for key in from_batch:
+        assert torch.equal(from_batch[key], from_set[key]), key
+
+
 @pytest.mark.parametrize("k", [64, 32])
 def test_svdd_pairs_jitter(k):
     torch.manual_seed(0)
@@ -270,6 +299,24 @@ def test_loss_decreases_on_fixed_batch():
     assert losses[-2] < losses[0] - 0.3 and losses[-1] < losses[1] - 0.3, losses
 
 
+def test_augmented_training_uses_the_image_batches(tmp_path):
+    """With data.augment every draw is a new image: Patch SVDD keeps no copy and trains on the batches."""
+    import lightning as L
+
+    from anobench.data import AnomalyDataModule
+
+    L.seed_everything(0)
+    datamodule = AnomalyDataModule(
+        dataset="synthetic", category="tablet", root=str(tmp_path), image_size=192, train_batch_size=4,
+        train_repeats=2, augment={"hflip": True}, synthetic=dict(SMALL_SYNTHETIC, image_size=192),
+    )
+    module = PatchSVDD()
+    seen: list[set] = []
+    module.on_train_batch_start = lambda batch, batch_idx: seen.append(set(batch))
+    quiet_trainer(2).fit(module, datamodule=datamodule)
+    assert seen == [{"image", "index"}] * 2 and datamodule.train_images
+
+
 # --- end to end on synthetic data (Lightning fit + test + evaluator) ----------------------------
 
 
@@ -293,6 +340,8 @@ def _fit_and_test(tmp_path, category: str, max_steps: int) -> PatchSVDD:
     trainer = quiet_trainer(max_steps)
     initial = [p.detach().clone() for p in module.model.parameters()]
     trainer.fit(module, datamodule=datamodule)
+    # trained from its own normalised copy of the training set: the loader sent indices, not images
+    assert not datamodule.train_images and module._train_set is None  # freed at fit end
     # the fit really trained, logged finite losses and fitted the official normalisation mean
     assert trainer.global_step == max_steps
     assert any(not torch.equal(a, b) for a, b in zip(initial, module.model.parameters()))

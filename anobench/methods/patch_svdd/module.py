@@ -75,15 +75,38 @@ class PatchSVDD(AnomalyModule):
         )
         self.classifier_64 = PositionClassifier(embedding_dim)
         self.classifier_32 = PositionClassifier(embedding_dim)
+        self._train_set: torch.Tensor | None = None  # normalised training images while fitting (on_fit_start)
 
-    # --- normalisation mean -------------------------------------------------------------------
+    # --- normalisation mean and the training set ---------------------------------------------
     def on_fit_start(self) -> None:
+        """Fit the mean image and, without augmentation, keep the normalised training set as one tensor
+        on the training device: each step then crops its patches straight from it by batch["index"]
+        (the datamodule stops loading images), instead of collating and normalising 64 whole images."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "inference_train_dataloader"):
             raise RuntimeError("PatchSVDD needs trainer.fit(..., datamodule=...) with inference_train_dataloader()")
-        self.model.fit_mean(_images(datamodule.inference_train_dataloader()))
+        self._train_set = None
+        if getattr(datamodule, "augment", None) or not hasattr(datamodule, "train_indices_only"):
+            self.model.fit_mean(_images(datamodule.inference_train_dataloader()))
+            return
+        images = torch.cat([b.to(self.device) for b in _images(datamodule.inference_train_dataloader())])
+        self.model.fit_mean(images.split(32))  # float64 sums, a few images at a time
+        self._train_set = images.sub_(self.model.mean_image)  # = model.normalize(images), in place
+        datamodule.train_indices_only()
+
+    def on_fit_end(self) -> None:
+        self._train_set = None  # ~0.8 MB per 256² training image; the banks are built from the loader
 
     # --- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if "image" in batch:  # augmented training images, or a datamodule that always sends images
+            return super().training_step(batch, batch_idx)
+        if self._train_set is None:
+            raise RuntimeError("PatchSVDD got a batch without images but holds no training set (on_fit_start not run)")
+        out = self.losses_from_normalised(self._train_set, batch["index"])
+        self.log_losses(out, batch_size=batch["index"].shape[0])
+        return out["loss"]
+
     def _perturb(self, patches: torch.Tensor) -> torch.Tensor:
         n, c = patches.shape[:2]
         shift = torch.randn(n, c, 1, 1, device=patches.device, dtype=patches.dtype) * self.rgb_shift_std
@@ -92,16 +115,23 @@ class PatchSVDD(AnomalyModule):
 
     def compute_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """All loss terms for one batch of [0, 1] images (B×3×H×W); 'loss' is the total."""
-        n, _, height, width = images.shape
+        index = torch.arange(images.shape[0], device=images.device)
+        return self.losses_from_normalised(self.model.normalize(images), index)
+
+    def losses_from_normalised(self, images: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The losses for the batch of images ``images[index]``, `images` already normalised (N×3×H×W).
+
+        Patches are cropped from `images` directly, so `images` can be the whole training set."""
+        n = index.shape[0]
+        height, width = images.shape[-2:]
         check_image_size(height, width, BIG_K)
-        x = self.model.normalize(images)
         classifiers = {BIG_K: self.classifier_64, SMALL_K: self.classifier_32}
         patches, labels = {}, {}
         for k in (BIG_K, SMALL_K):
             c1, c2, labels[k] = sample_position_pairs(n, height, width, k)
             s1, s2 = sample_svdd_pairs(n, height, width, k)
-            patches[k] = torch.cat([self._perturb(crop_patches(x, c1, k)), self._perturb(crop_patches(x, c2, k)),
-                                    crop_patches(x, s1, k), crop_patches(x, s2, k)])
+            crops = [crop_patches(images, corners, k, index) for corners in (c1, c2, s1, s2)]
+            patches[k] = torch.cat([self._perturb(crops[0]), self._perturb(crops[1]), crops[2], crops[3]])
         # one pass of the shared K = 32 encoder for both K (the K = 64 sub-patches and the K = 32 patches)
         embeddings = dict(zip((BIG_K, SMALL_K), self.model.encoder.forward_with_small(patches[BIG_K], patches[SMALL_K])))
         out: dict[str, torch.Tensor] = {}
@@ -118,7 +148,6 @@ class PatchSVDD(AnomalyModule):
             + self.lambda_svdd * (out[f"loss_svdd_{BIG_K}"] + out[f"loss_svdd_{SMALL_K}"])
         )
         return out
-
 
     # --- inference ----------------------------------------------------------------------------
     def prepare_inference(self, train_loader: DataLoader) -> None:

@@ -78,12 +78,17 @@ def sample_position_pairs(
     return p1, _clip(p2, height, width, patch), labels
 
 
-def crop_patches(images: torch.Tensor, corners: torch.Tensor, patch: int) -> torch.Tensor:
-    """One K×K crop per image: images n×C×H×W, corners n×2 (row, col) → n×C×K×K."""
-    n = images.shape[0]
-    corners = corners.to(images.device)
-    span = torch.arange(patch, device=images.device)
+def crop_patches(
+    images: torch.Tensor, corners: torch.Tensor, patch: int, image_index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One K×K crop per row of `corners` (n×2, row, col) → n×C×K×K, from image ``image_index[i]`` of
+    `images` (N×C×H×W), or from image i when `image_index` is None (then N = n). Only the patch
+    pixels are gathered: a whole training set can be cropped from without copying its images."""
+    n = corners.shape[0]
+    device = images.device
+    corners = corners.to(device)
+    span = torch.arange(patch, device=device)
     rows = (corners[:, 0, None] + span)[:, :, None]  # n×K×1
     cols = (corners[:, 1, None] + span)[:, None, :]  # n×1×K
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+    which = torch.arange(n, device=device) if image_index is None else image_index.to(device)
+    return images.permute(0, 2, 3, 1)[which[:, None, None], rows, cols].permute(0, 3, 1, 2).contiguous()
