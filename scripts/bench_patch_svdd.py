@@ -4,7 +4,11 @@
 
 Prints the time of one training step (batch 64 and 16 images → one position pair and one SVDD'
 pair per K per image, as the official loader; batch 64 also under bf16 autocast, what
-trainer.precision=bf16-mixed runs), inference time per 256² image (dense embeddings +
+trainer.precision=bf16-mixed runs), next to the same step in the official code's call pattern
+(eight whole-batch encoder calls, one per loss input, on the same modules: a lower bound of the
+official step, whose loader is not counted), the step's FLOPs and the rate they run at against
+the rate of the encoder's largest convolution alone (what this CPU's convolutions reach), then
+inference time per 256² image (dense embeddings +
 exact 1-NN against a bank of a real category's size + maps), and exact / subsampled NN search
 time for a bank of a typical MVTec category (209 train images × 57² K=32 patches ≈ 680k × 64;
 one test image = 57² = 3249 queries), with peak memory (process max RSS on CPU, CUDA peak on GPU).
@@ -18,9 +22,12 @@ import resource
 import time
 
 import torch
+import torch.nn.functional as F
 
 from anobench.methods.patch_svdd import PatchSVDD
 from anobench.methods.patch_svdd.nearest import nearest_distances, subsample_bank
+from anobench.methods.patch_svdd.sampling import crop_patches, sample_position_pairs, sample_svdd_pairs
+from anobench.methods.patch_svdd.torch_model import BIG_K, SMALL_K, EncoderSmall
 
 
 def _sync(device: torch.device) -> None:
@@ -49,6 +56,47 @@ def _timed(fn, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def encoder_gflop(patches: int) -> float:
+    """Forward GFLOP of EncoderSmall on `patches` 32×32 patches (2 FLOP per multiply-add)."""
+    size, total = SMALL_K, 0
+    for conv in EncoderSmall().convs:
+        size = (size - conv.kernel_size[0]) // conv.stride[0] + 1
+        total += 2 * conv.in_channels * conv.out_channels * conv.kernel_size[0] ** 2 * size * size
+    return total * patches / 1e9
+
+
+def conv_gflops(device: torch.device, repeats: int) -> float:
+    """GFLOP/s of the encoder's largest convolution (128→128, 3×3 on 11×11) alone, forward, in calls of 128
+    patches as the encoder runs it on CPU: the rate this machine's convolution kernels reach on this network."""
+    x = torch.randn(128, 128, 11, 11, device=device)
+    weight = torch.randn(128, 128, 3, 3, device=device)
+    seconds = _timed(lambda: [F.conv2d(x, weight) for _ in range(10)], device, repeats)
+    return 10 * 2 * 128 * 128 * 128 * 9 * 9 * 9 / seconds / 1e9
+
+
+def official_pattern_step(module: PatchSVDD, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """The official main_train.py step on our modules: each loss term calls the encoder on its whole batch of
+    first and second patches (eight calls; the K = 64 encoder runs its 4n sub-patches in one call). Draws
+    the pairs and noise in our order, so its loss equals ours on the same seed (same work, compared)."""
+    n, _, height, width = x.shape
+    optimizer.zero_grad()
+    encoders = {BIG_K: module.model.encoder, SMALL_K: module.model.encoder_small}
+    classifiers = {BIG_K: module.classifier_64, SMALL_K: module.classifier_32}
+    loss = x.new_zeros(())
+    for k in (BIG_K, SMALL_K):
+        encoder = encoders[k]
+        c1, c2, labels = sample_position_pairs(n, height, width, k)
+        s1, s2 = sample_svdd_pairs(n, height, width, k)
+        h1 = encoder(module._perturb(crop_patches(x, c1, k)))
+        h2 = encoder(module._perturb(crop_patches(x, c2, k)))
+        loss = loss + F.cross_entropy(classifiers[k](h1, h2), labels.to(x.device))
+        svdd = (encoder(crop_patches(x, s1, k)) - encoder(crop_patches(x, s2, k))).flatten(1).norm(dim=1).mean()
+        loss = loss + module.lambda_svdd * svdd
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -65,20 +113,35 @@ def main() -> None:
     model.fit_mean([torch.rand(2, 3, 256, 256, device=device)])
     optimizer = module.configure_optimizers()
 
+    # what training runs: patches cropped from the kept normalised training set (a category's 209 images)
+    train_set = model.normalize(torch.rand(209, 3, 256, 256, device=device))
+    times = {}
     for batch, bf16 in ((64, False), (64, True), (16, False)):
-        images = torch.rand(batch, 3, 256, 256, device=device)
+        index = torch.randint(0, train_set.shape[0], (batch,), device=device)
 
         def step() -> None:
             optimizer.zero_grad()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # trainer.precision=bf16-mixed
-                loss = module.compute_losses(images)["loss"]
+                loss = module.losses_from_normalised(train_set, index)["loss"]
             loss.backward()
             optimizer.step()
 
         _reset_peak(device)
-        seconds = _timed(step, device, args.repeats)
+        seconds = times[batch, bf16] = _timed(step, device, args.repeats)
         kind = "bf16-mixed" if bf16 else "float32"
         print(f"train step, batch {batch:3d}, {kind:10s}: {seconds * 1000:8.0f} ms   ({_peak_mib(device)})")
+
+    official = PatchSVDD(encoder_cpu_chunk=None).to(device)
+    official.model.mean_image = model.mean_image
+    official_optimizer = official.configure_optimizers()
+    x = train_set[:64]
+    seconds = _timed(lambda: official_pattern_step(official, x, official_optimizer), device, args.repeats)
+    print(f"train step, batch  64, float32, official call pattern: {seconds * 1000:8.0f} ms  "
+          f"(ours {seconds / times[64, False]:.2f}x faster in float32, {seconds / times[64, True]:.2f}x in bf16-mixed)")
+    # 64 × (4 × 4 sub-patches + 4 patches) = 1280 32×32 encoder inputs; backward ≈ 2 × forward
+    gflop = 3 * encoder_gflop(64 * (4 * 4 + 4))
+    print(f"  step: {gflop:.0f} GFLOP in the encoder -> ours {gflop / times[64, False]:.0f} GFLOP/s float32; "
+          f"the largest conv alone runs at {conv_gflops(device, args.repeats):.0f} GFLOP/s on this machine")
 
     # banks of a real category's size (random tanh vectors); K=64: 209 × 13² ≈ 35k
     gen = torch.Generator().manual_seed(0)

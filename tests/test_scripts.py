@@ -169,3 +169,32 @@ def test_bench_nn_search_names_missing_failed_and_wrong_runs(tmp_path):
     (other / "config.yaml").write_text("method:\n  name: memae\n")
     wrong = run(str(other))
     assert wrong.returncode != 0 and "method=memae, not patch_svdd" in wrong.stderr
+
+
+def test_bench_patch_svdd_counts_the_encoder_flops_and_compares_the_same_work():
+    """The FLOP count behind the printed GFLOP/s equals torch's own count, and the official-call-pattern
+    step computes the same loss as our training step on the same seed (so the timing ratio compares
+    the same work)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_patch_svdd as bench
+    from anobench.methods.patch_svdd import PatchSVDD
+    from anobench.methods.patch_svdd.torch_model import EncoderSmall
+
+    with FlopCounterMode(display=False) as counter:
+        EncoderSmall()(torch.rand(5, 3, 32, 32))
+    assert bench.encoder_gflop(5) * 1e9 == counter.get_total_flops()
+
+    torch.manual_seed(0)
+    ours = PatchSVDD()
+    ours.model.fit_mean([torch.rand(2, 3, 192, 192)])
+    x = ours.model.normalize(torch.rand(3, 3, 192, 192))
+    official = PatchSVDD(encoder_cpu_chunk=None)
+    official.load_state_dict(ours.state_dict())
+    torch.manual_seed(1)
+    expected = ours.losses_from_normalised(x, torch.arange(3))["loss"]
+    torch.manual_seed(1)
+    got = bench.official_pattern_step(official, x, torch.optim.SGD(official.parameters(), lr=0.0))
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
