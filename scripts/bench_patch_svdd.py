@@ -12,7 +12,8 @@ inference time per 256² image (dense embeddings +
 exact 1-NN against a bank of a real category's size + maps), and exact / subsampled NN search
 time for a bank of a typical MVTec category (209 train images × 57² K=32 patches ≈ 680k × 64;
 one test image = 57² = 3249 queries), with peak memory (process max RSS on CPU, CUDA peak on GPU).
-Random inputs and weights: the timings do not depend on the values.
+Random inputs and weights: the timings do not depend on the values. Runs with malloc_keep_freed as
+`anobench train` does (anobench/allocator.py); --malloc-default measures without it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from anobench.allocator import keep_freed_memory
 from anobench.methods.patch_svdd import PatchSVDD
 from anobench.methods.patch_svdd.nearest import nearest_distances, subsample_bank
 from anobench.methods.patch_svdd.sampling import crop_patches, sample_position_pairs, sample_svdd_pairs
@@ -103,10 +105,13 @@ def main() -> None:
     parser.add_argument("--bank", type=int, default=680_000, help="K=32 bank rows (a real category: ~680k)")
     parser.add_argument("--queries", type=int, default=3249, help="queries per test image (57² for K=32)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="leave glibc's malloc defaults (anobench runs set malloc_keep_freed: true)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+    kept = False if args.malloc_default else keep_freed_memory()
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} malloc_keep_freed={kept}")
 
     module = PatchSVDD().to(device)
     model = module.model

@@ -12,8 +12,8 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-# Dotted keys that say where things live or what a scheduler grants, not what is computed.
-VOLATILE_KEYS = ("paths", "data.root", "hydra", "method.resources")
+# Dotted keys that say where things live, what a scheduler grants or how fast, not what is computed.
+VOLATILE_KEYS = ("paths", "data.root", "hydra", "method.resources", "malloc_keep_freed")
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from anobench.allocator import keep_freed_memory
 from anobench.errors import ConfigError
 from anobench.quiet import quiet_third_party
 from anobench.results.identity import config_hash
@@ -100,6 +101,8 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any]:
 
     quiet_third_party()
     apply_torch_threads(cfg)
+    if cfg.get("malloc_keep_freed", True):
+        keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.method.module, _convert_="all")
