@@ -266,17 +266,18 @@ class AnomalyDataModule(L.LightningDataModule):
         self.train_exclude = frozenset(int(i) for i in indices)
         self._train_sampler = None
 
-    def train_indices_only(self) -> None:
+    def train_indices_only(self, enabled: bool = True) -> None:
         """Make train_dataloader() yield only "index" (same order, same batches), no "image": for a
         method that keeps its own copy of the training images and crops from it (Patch SVDD), so
         64 full images are not decoded from cache, converted and collated every step. Only without
-        augmentation — an augmented draw is a new image. Call before train_dataloader()."""
-        if self.augment:
+        augmentation — an augmented draw is a new image. Call before train_dataloader();
+        ``enabled=False`` brings the images back (the method does at fit end)."""
+        if enabled and self.augment:
             raise ConfigError(
                 f"data.augment={self.augment} makes every training draw a new image; train_indices_only() "
                 "needs data.augment=null"
             )
-        self.train_images = False
+        self.train_images = not enabled
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) training images, repeated ``train_repeats`` times per epoch; batches carry

@@ -120,6 +120,10 @@ def test_train_indices_only_keeps_the_batches_without_pixels(syn_root: Path) -> 
         # same order and batching as the image batches, training-set indices (excluded ones never)
         assert [b["index"].tolist() for b in indices] == [b["index"].tolist() for b in with_images]
         assert not set(torch.cat([b["index"] for b in indices]).tolist()) & set(exclude)
+    dm = _dm(syn_root)
+    dm.train_indices_only()
+    dm.train_indices_only(False)
+    assert set(next(iter(dm.train_dataloader()))) == {"image", "index"}
     with pytest.raises(ConfigError, match="data.augment"):
         _dm(syn_root, augment={"hflip": True}).train_indices_only()
 

@@ -339,9 +339,13 @@ def _fit_and_test(tmp_path, category: str, max_steps: int) -> PatchSVDD:
     module = PatchSVDD()
     trainer = quiet_trainer(max_steps)
     initial = [p.detach().clone() for p in module.model.parameters()]
+    seen: list[set] = []
+    module.on_train_batch_start = lambda batch, batch_idx: seen.append(set(batch))
     trainer.fit(module, datamodule=datamodule)
-    # trained from its own normalised copy of the training set: the loader sent indices, not images
-    assert not datamodule.train_images and module._train_set is None  # freed at fit end
+    # trained from its own normalised copy of the training set: the loader sent indices, not images;
+    # at fit end the copy is freed and the datamodule sends images again
+    assert seen == [{"index"}] * max_steps
+    assert module._train_set is None and datamodule.train_images
     # the fit really trained, logged finite losses and fitted the official normalisation mean
     assert trainer.global_step == max_steps
     assert any(not torch.equal(a, b) for a, b in zip(initial, module.model.parameters()))

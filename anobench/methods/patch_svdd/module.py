@@ -95,7 +95,9 @@ class PatchSVDD(AnomalyModule):
         datamodule.train_indices_only()
 
     def on_fit_end(self) -> None:
-        self._train_set = None  # ~0.8 MB per 256² training image; the banks are built from the loader
+        if self._train_set is not None:
+            self._train_set = None  # ~0.8 MB per 256² training image; the banks are built from the loader
+            self.trainer.datamodule.train_indices_only(False)  # the next fit (maybe of another method) gets images
 
     # --- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
