@@ -8,8 +8,8 @@ steps each way: 12–22k faults and 0.03–0.10 s of system time per step → un
 median step 0.92 s → 0.82 s on average (the runs' spread, 0.73–1.02 s, overlaps: neighbours on the VM).
 Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to 1 GiB keeps those blocks
 for reuse; the process's peak memory is unchanged (it is reached inside a step), only the memory
-between steps stays mapped. This is what PyTorch's CPU tuning
-guide gets from swapping in jemalloc/tcmalloc, without a preloaded library.
+between steps stays mapped. This is what PyTorch's CPU tuning guide gets from swapping in
+jemalloc/tcmalloc, without a preloaded library.
 """
 
 from __future__ import annotations
