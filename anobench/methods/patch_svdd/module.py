@@ -85,14 +85,12 @@ class PatchSVDD(AnomalyModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "inference_train_dataloader"):
             raise RuntimeError("PatchSVDD needs trainer.fit(..., datamodule=...) with inference_train_dataloader()")
-        self._train_set = None
-        if getattr(datamodule, "augment", None) or not hasattr(datamodule, "train_indices_only"):
-            self.model.fit_mean(_images(datamodule.inference_train_dataloader()))
-            return
         images = torch.cat([b.to(self.device) for b in _images(datamodule.inference_train_dataloader())])
         self.model.fit_mean(images.split(32))  # float64 sums, a few images at a time
-        self._train_set = images.sub_(self.model.mean_image)  # = model.normalize(images), in place
-        datamodule.train_indices_only()
+        self._train_set = None
+        if not getattr(datamodule, "augment", None) and hasattr(datamodule, "train_indices_only"):
+            self._train_set = images.sub_(self.model.mean_image)  # = model.normalize(images), in place
+            datamodule.train_indices_only()
 
     def on_fit_end(self) -> None:
         if self._train_set is not None:
