@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anobench.config import OFFLINE_ENV
 from anobench.errors import ConfigError, WeightsNotFoundError
 
 
@@ -44,7 +45,7 @@ def resolve_weights(arch: str, weights_path: str | Path | None = None, allow_dow
     cached = expected_weights_file(arch)
     if cached.is_file():
         return cached
-    if allow_download and not os.environ.get("ANOBENCH_OFFLINE"):
+    if allow_download and not os.environ.get(OFFLINE_ENV):
         try:
             torch.hub.load_state_dict_from_url(_weights_enum(arch).url, progress=True, check_hash=True)
             return cached

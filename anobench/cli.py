@@ -23,8 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from anobench.config import GROUPS, VERB_ENV, config_dir, default_results_dir, group_options
+from anobench.config import (
+    COMMAND_ENV, DATA_DIR_ENV, GROUPS, JOB_LOG_ENV, MVTEC_ROOT_ENV, config_dir, default_results_dir, group_options,
+)
 from anobench.errors import AnobenchError
+from anobench.tasks.ddp import job_argv, rank_command
 
 HYDRA_VERBS = {"train": ("train", "anobench.tasks.train:train"), "eval": ("eval", "anobench.tasks.evaluate:evaluate")}
 ZERO_JOBS_HINT = (
@@ -94,22 +97,17 @@ def run_hydra_verb(verb: str, args: list[str]) -> int:
     entry.__module__ = __name__
     multirun = _multirun_requested(args)
     job_log = Path(tempfile.mkstemp(prefix="anobench-jobs-", suffix=".tsv")[1])
-    os.environ["ANOBENCH_JOB_LOG"] = str(job_log)
-    os.environ["ANOBENCH_COMMAND"] = shlex.join(["anobench", verb, *args])
-    saved_argv = sys.argv
-    # The script stays argv[0]: Lightning's DDP launcher starts the other ranks by re-running
-    # `python <argv[0]> <argv[1:]> hydra.run.dir=...`, and main() finds the verb in VERB_ENV.
-    sys.argv = [saved_argv[0] if saved_argv else "anobench", *args]
-    os.environ[VERB_ENV] = verb
+    os.environ[JOB_LOG_ENV] = str(job_log)
+    os.environ[COMMAND_ENV] = shlex.join(["anobench", verb, *args])
     code = 0
     try:
-        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(entry)()
+        # argv = the overrides: Lightning's DDP launcher starts the other ranks by re-running it (anobench.tasks.ddp)
+        with job_argv(verb, args):
+            hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(entry)()
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
-        sys.argv = saved_argv
-        os.environ.pop("ANOBENCH_JOB_LOG", None)
-        os.environ.pop(VERB_ENV, None)
+        os.environ.pop(JOB_LOG_ENV, None)
         jobs = [line.split("\t") for line in job_log.read_text().splitlines() if line.strip()]
         job_log.unlink(missing_ok=True)
     if code:
@@ -124,15 +122,15 @@ def run_hydra_verb(verb: str, args: list[str]) -> int:
 
 def _report(jobs: list[list[str]]) -> int:
     """Rebuild and print the leaderboard rows of the jobs just run; non-zero if any failed."""
-    from anobench.results.leaderboard import print_leaderboard
-    from anobench.results.publish import write_leaderboard
+    from anobench.results.render import print_leaderboard
+    from anobench.tasks.publish import publish
     from anobench.results.record import read_result
 
     if not jobs:
         return 0
     records = [read_result(path) for path, _ in jobs]
     for results_dir in dict.fromkeys(results_dir for _, results_dir in jobs):
-        board = write_leaderboard(results_dir)
+        board = publish(results_dir)
         # This command's rows only: no mean over categories (maybe committed ones) it did not run.
         print_leaderboard(board, only={(r["dataset"], r["category"]) for r in records})
         print(f"leaderboard of every run in {results_dir}: {Path(results_dir) / 'leaderboard.md'}, "
@@ -149,8 +147,8 @@ def _report(jobs: list[list[str]]) -> int:
 
 
 def leaderboard_command(args: list[str]) -> int:
-    from anobench.results.leaderboard import print_leaderboard
-    from anobench.results.publish import write_leaderboard
+    from anobench.results.render import print_leaderboard
+    from anobench.tasks.publish import publish
 
     parser = argparse.ArgumentParser(prog="anobench leaderboard",
                                      description="Rebuild leaderboard.{md,csv} from <results-dir>/runs/**/result.json")
@@ -158,7 +156,7 @@ def leaderboard_command(args: list[str]) -> int:
     ns = parser.parse_args(args)
     if not Path(ns.results_dir).is_dir():
         raise AnobenchError(f"--results-dir {ns.results_dir}: no such folder")
-    board = write_leaderboard(ns.results_dir)
+    board = publish(ns.results_dir)
     print_leaderboard(board)
     print(f"wrote {Path(ns.results_dir) / 'leaderboard.md'}, leaderboard.csv and report.html ({len(board.runs)} runs)")
     return 0
@@ -184,11 +182,11 @@ def data_command(args: list[str]) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     download = sub.add_parser("download", help="download (resumable) and verify MVTec AD")
     download.add_argument("dataset", choices=["mvtec"])
-    download.add_argument("--root", default=os.environ.get("ANOBENCH_MVTEC_ROOT"),
+    download.add_argument("--root", default=os.environ.get(MVTEC_ROOT_ENV),
                           help="folder to hold the 15 category folders (default: $ANOBENCH_MVTEC_ROOT)")
     download.add_argument("--archive", default=None, help="an already-downloaded mvtec_anomaly_detection.tar.xz")
     synth = sub.add_parser("synth", help="generate the synthetic categories (MVTec layout)")
-    synth.add_argument("--root", default=os.path.join(os.environ.get("ANOBENCH_DATA_DIR", "data"), "synthetic"))
+    synth.add_argument("--root", default=os.path.join(os.environ.get(DATA_DIR_ENV, "data"), "synthetic"))
     synth.add_argument("--category", action="append", help="default: all synthetic categories")
     synth.add_argument("--seed", type=int, default=0)
     ns = parser.parse_args(args)
@@ -196,9 +194,9 @@ def data_command(args: list[str]) -> int:
         from anobench.data import download_mvtec
 
         if not ns.root:
-            raise AnobenchError("anobench data download: give --root DIR or set ANOBENCH_MVTEC_ROOT")
+            raise AnobenchError(f"anobench data download: give --root DIR or set {MVTEC_ROOT_ENV}")
         root = download_mvtec(ns.root, archive=Path(ns.archive) if ns.archive else None)
-        print(f"MVTec AD ready in {root}; use data.root={root} or export ANOBENCH_MVTEC_ROOT={root}")
+        print(f"MVTec AD ready in {root}; use data.root={root} or export {MVTEC_ROOT_ENV}={root}")
         return 0
     from anobench.data import SYNTHETIC_CATEGORIES, ensure_synthetic
 
@@ -212,9 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    verb, rest = args[0], args[1:]
-    if "=" in verb and os.environ.get(VERB_ENV) in HYDRA_VERBS:  # a DDP rank started by Lightning
-        verb, rest = os.environ[VERB_ENV], args
+    verb, rest = rank_command(args) or (args[0], args[1:])  # a DDP rank Lightning started re-runs its job's verb
     try:
         if verb in HYDRA_VERBS:
             return run_hydra_verb(verb, rest)
@@ -229,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return bench_command(rest)
         if verb == "reproduce":
-            from anobench.results.reproduce import reproduce_command
+            from anobench.tasks.reproduce import reproduce_command
 
             return reproduce_command(rest)
     except AnobenchError as error:

@@ -42,9 +42,39 @@ RESULTS_DIR_ENV = "ANOBENCH_RESULTS_DIR"
 DEFAULT_RESULTS_DIR = "outputs"
 COMMITTED_RESULTS_DIR = "results"  # the committed reference numbers: `anobench leaderboard --results-dir results`
 
+# Every environment variable anobench reads or sets, named once.
+MVTEC_ROOT_ENV = "ANOBENCH_MVTEC_ROOT"  # folder holding the 15 MVTec AD category folders (paths.mvtec_root)
+DATA_DIR_ENV = "ANOBENCH_DATA_DIR"  # generated synthetic categories go to <it>/synthetic (paths.data_dir)
+OFFLINE_ENV = "ANOBENCH_OFFLINE"  # set: never try to download pretrained weights
 # Set while a Hydra verb (train, eval) runs, so that processes Lightning's DDP launcher starts (same argv,
 # no verb) run the same verb. Here, not in cli.py, so tasks need not import the CLI.
 VERB_ENV = "ANOBENCH_HYDRA_VERB"
+JOB_LOG_ENV = "ANOBENCH_JOB_LOG"  # set by the CLI: every job of a train/eval command appends its result path
+COMMAND_ENV = "ANOBENCH_COMMAND"  # the command line that started the run, recorded in result.json
+
+
+def register_resolvers() -> None:
+    """``${anobench:<name>}`` in a config reads a protocol setting from anobench/protocol.py (its one definition)."""
+    from omegaconf import OmegaConf
+
+    from anobench.protocol import PROTOCOL
+
+    def protocol(name: str) -> object:
+        if name not in PROTOCOL:
+            raise KeyError(f"${{anobench:{name}}}: no such protocol setting; expected one of {sorted(PROTOCOL)}")
+        return PROTOCOL[name]
+
+    if not OmegaConf.has_resolver("anobench"):
+        OmegaConf.register_new_resolver("anobench", protocol)
+
+
+def is_smoke(cfg) -> bool:  # noqa: ANN001 - a run's DictConfig
+    """A smoke run (conf/trainer/smoke.yaml sets ``trainer.smoke: true``): labelled "smoke", no figures by default."""
+    return bool(cfg.trainer.get("smoke", False))
+
+
+# Keys of conf/trainer/*.yaml that are anobench's, not lightning.Trainer arguments.
+TRAINER_OWN_KEYS = ("name", "smoke")
 
 
 def default_results_dir() -> Path:

@@ -28,7 +28,7 @@ def _measure(method: str, device: str, steps: int, data: str, data_dir: str | No
     from hydra import compose, initialize_config_dir
 
     from anobench.config import config_dir
-    from anobench.tasks.train import build_run
+    from anobench.tasks import run
 
     class Timer(L.Callback):
         def __init__(self) -> None:
@@ -46,7 +46,7 @@ def _measure(method: str, device: str, steps: int, data: str, data_dir: str | No
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             self._sync()
-            self.train.append((time.perf_counter() - self._t0, len(batch["image"])))
+            self.train.append((time.perf_counter() - self._t0, len(batch["index"])))  # Patch SVDD: indices only
 
         def on_test_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0) -> None:
             self._sync()
@@ -62,7 +62,8 @@ def _measure(method: str, device: str, steps: int, data: str, data_dir: str | No
         cfg = compose(config_name="train", overrides=[
             f"method={method}", f"data={data}", f"paths.data_dir={data_dir or Path(tmp) / 'data'}",
             f"paths.results_dir={Path(tmp) / 'results'}", *overrides])
-        datamodule, module = build_run(cfg)
+        built = run.build(cfg)
+        datamodule, module = built.datamodule, built.module
         timer = Timer()
         trainer = L.Trainer(accelerator=device, devices=1, max_steps=steps, max_epochs=-1, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

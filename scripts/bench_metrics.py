@@ -86,7 +86,7 @@ def _child(job: str, data_dir: str, queue: mp.Queue) -> None:
         value = pixel_auroc(maps, masks)
     elif job == "evaluate_category":
         result = evaluate_category(list(small), small.reshape(len(small), -1).max(1), masks, labels)
-        value = result["metrics"]["pro"]
+        value = result.metrics["pro"]
     elif job == "pro + pixel_auroc":  # what evaluate_category does, minus the upsampling: one split, both metrics
         from anobench.metrics._pixels import common_score_dtype, split_pixels
         from anobench.metrics.auroc import auroc_from_split
@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="side of the synthetic masks (ground-truth resolution)")
     parser.add_argument("--model-size", type=int, default=256, help="side of the maps before upsampling")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mvtec-root", type=Path, help="an MVTec category folder, e.g. shared/mvtec_ad/bottle")
+    parser.add_argument("--mvtec-root", type=Path, help="an MVTec category folder, e.g. /path/to/mvtec_ad/bottle")
     parser.add_argument("--no-compare", action="store_true", help="skip sklearn and the exact-curve reference")
     args = parser.parse_args()
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anobench.io import atomic_write, atomic_write_csv, atomic_write_text
+from anobench.results.portable import resolve_recorded_path
 
 # method -> (training-step budgets, "prefix" = one run with step checkpoints | "separate" = one run per budget)
 STEP_GRID: dict[str, tuple[list[int], str]] = {
@@ -139,7 +140,7 @@ def collect(work: Path) -> list[dict]:
         # a step checkpoint's training time: its share of the run that wrote it (steps cost alike)
         train_s = timings.get("train_s")
         if train_s is None:
-            trained = Path(record["source_checkpoint"]).parent.parent / "result.json"
+            trained = resolve_recorded_path(record["source_checkpoint"], record).parent.parent / "result.json"
             parent = json.loads(trained.read_text())
             train_s = parent["timings"]["train_s"] * steps / parent["budget"]["global_step"]
         rows.append({

@@ -41,7 +41,7 @@ def main() -> None:
     from anobench.config import config_dir
     from anobench.io import atomic_write_csv
     from anobench.metrics import evaluate_category
-    from anobench.tasks.train import build_run, build_trainer, fit_callbacks
+    from anobench.tasks import run
 
     steps = sorted(set(args.steps))
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -50,11 +50,13 @@ def main() -> None:
                                                       f"checkpoint_steps=[{','.join(map(str, steps))}]", *args.overrides])
     if cfg.method.name != "uninformed_students":
         parser.error(f"method={cfg.method.name}: this script measures uninformed_students only")
-    datamodule, module = build_run(cfg)
+    built = run.build(cfg)
+    datamodule, module = built.datamodule, built.module
     with tempfile.TemporaryDirectory() as scratch:  # nothing of the fit is kept but the step checkpoints' weights
         start = time.perf_counter()
-        trainer = build_trainer(cfg.trainer, Path(scratch), logger=False, callbacks=fit_callbacks(cfg, Path(scratch)),
-                                enable_checkpointing=False, enable_progress_bar=False)
+        trainer = run.build_trainer(cfg.trainer, Path(scratch), logger=False,
+                                    callbacks=run.fit_callbacks(cfg, Path(scratch)), enable_checkpointing=False,
+                                    enable_progress_bar=False)
         trainer.fit(module, datamodule=datamodule)
         fit_s = time.perf_counter() - start
         files = {step: Path(scratch) / "checkpoints" / f"step{step}.ckpt" for step in steps}
@@ -78,7 +80,7 @@ def main() -> None:
         if len(maps) > 1:
             maps["mean"] = list(np.mean(list(maps.values()), axis=0))
         for name, per_image in maps.items():
-            metrics = evaluate_category(per_image, [float(m.max()) for m in per_image], masks, labels)["metrics"]
+            metrics = evaluate_category(per_image, [float(m.max()) for m in per_image], masks, labels).metrics
             row = {"category": str(cfg.data.category), "seed": int(cfg.seed), "step": step, "map": name,
                    **{k: round(float(metrics[k]), 4) for k in ("image_auroc", "pixel_auroc", "pro")},
                    "fit_s_all_steps": round(fit_s, 1), "overrides": " ".join(args.overrides)}

@@ -60,15 +60,15 @@ def test_it_does_not_change_the_config_hash():
 
 
 @pytest.mark.parametrize("keep", [True, False])
-def test_build_run_applies_the_config_key(monkeypatch, tmp_path, keep):
+def test_build_applies_the_config_key(monkeypatch, tmp_path, keep):
     from hydra import compose, initialize_config_dir
 
-    import anobench.tasks.train as train
     from anobench.config import config_dir
+    from anobench.tasks import run
 
     calls = []
-    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(run, "keep_freed_memory", lambda: calls.append(1) or True)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["method=memae", f"malloc_keep_freed={keep}", f"paths.data_dir={tmp_path}"])
-    train.build_run(cfg)
+    run.build(cfg)
     assert calls == ([1] if keep else [])

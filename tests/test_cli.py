@@ -15,7 +15,8 @@ REQUIRED = {"method", "dataset", "category", "seed", "status", "metrics", "confi
 
 
 def _results(tmp_path: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((tmp_path / "results" / "runs").glob("**/result.json"))]
+    return [{**json.loads(p.read_text()), "_path": str(p)}
+            for p in sorted((tmp_path / "results" / "runs").glob("**/result.json"))]
 
 
 def test_help_lists_methods_data_backbones_trainers(run_cli):
@@ -42,7 +43,8 @@ def test_train_writes_valid_result_and_eval_reproduces_it(run_cli, tmp_path):
     board = (tmp_path / "results" / "leaderboard.md").read_text()
     assert "| weave |" in board
 
-    checkpoint = Path(result["checkpoint"])
+    assert result["checkpoint"] == "checkpoints/last.ckpt"  # relative to the run folder: no machine path
+    checkpoint = Path(result["_path"]).parent / result["checkpoint"]
     assert checkpoint.is_file()
     run_cli("eval", f"checkpoint={checkpoint}")
     evals = [r for r in _results(tmp_path) if r["task"] == "eval"]

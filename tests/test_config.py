@@ -90,12 +90,12 @@ def test_the_record_states_the_thread_count_the_run_computes_with():
     record the process's previous count (2) while computing with the configured one (1)."""
     import torch
 
-    from anobench.tasks.train import base_record
+    from anobench.tasks.run import start_record
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        record = base_record(_compose(["torch_threads=1"]), "train")
+        record = start_record(_compose(["torch_threads=1"]), "train")
         assert record["device"]["torch_threads"] == 1 == torch.get_num_threads()
         assert record["config"]["torch_threads"] == 1
     finally:

@@ -14,8 +14,10 @@ import torch
 
 from anobench.errors import AnobenchError
 from anobench.tasks import bench
-from anobench.tasks.train import RANK_ENV, is_primary_process
+from anobench.tasks import plan as planning
+from anobench.tasks.ddp import RANK_ENV, is_primary_process
 from tests.conftest import REPO
+from tests.methods.fitting import synthetic_overrides
 from tests.test_config import _compose as compose_train
 from tests.test_suite import TINY_OVERRIDES, TINY_SUITE
 
@@ -23,8 +25,11 @@ from tests.test_suite import TINY_OVERRIDES, TINY_SUITE
 # over the global batch, so 2 processes × batch 2 must equal 1 process × batch 4 up to float rounding.
 # (Adam is left out on purpose: its first steps are lr·sign(g), which turns rounding noise in near-zero
 # gradients into lr-sized differences; the comparison would test float noise, not DDP.)
-TINY_GRADCON = ["method=gradcon", "data=synthetic/washer", "data.synthetic.n_train=8", "data.synthetic.n_test_good=4",
-                "data.synthetic.n_test_per_defect=2", "method.input.image_size=64", "method.input.eval_batch_size=8",
+# Not TINY (tests/methods/fitting.py) on purpose: the trainer is each test's (cpu or ddp), and 8 training images
+# split evenly into whole batches of 4 (one process) and of 2 per process (two processes).
+TINY_GRADCON = ["method=gradcon", "data=synthetic/washer",
+                *synthetic_overrides(dict(n_train=8, n_test_good=4, n_test_per_defect=2)),
+                "method.input.image_size=64", "method.input.eval_batch_size=8",
                 "trainer.max_steps=4", "trainer.deterministic=true", "visualize.enabled=false",
                 "method.module.grad_loss_weight=0", "method.module.optimizer._target_=torch.optim.SGD",
                 "method.module.optimizer.lr=0.5"]
@@ -87,7 +92,7 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path):
 
 def test_suite_refuses_ddp_under_a_launcher_that_cannot_start_its_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("ANOBENCH_DATA_DIR", str(tmp_path / "data"))
-    suite = bench.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0,1]", "categories=[synthetic/weave]", TINY_OVERRIDES])
+    suite = planning.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0,1]", "categories=[synthetic/weave]", TINY_OVERRIDES])
     with pytest.raises(AnobenchError, match="trainer=ddp.*default launcher.*submitit_slurm"):
         bench.run_suite(suite, tmp_path / "results", extra_overrides=["trainer=ddp"], n_jobs=2)
     assert not list((tmp_path / "results").glob("**/result.json"))

@@ -14,7 +14,7 @@ import yaml
 
 from anobench.results import expected
 from anobench.results.record import write_result
-from anobench.results.reproduce import reproduce_command
+from anobench.tasks.reproduce import reproduce_command
 from tests.conftest import REPO
 
 
@@ -109,7 +109,7 @@ def test_a_suite_without_stored_ranges_is_one_clear_error(tmp_path, capsys):
 
 
 def test_every_shipped_ranges_file_belongs_to_a_suite():
-    from anobench.tasks.bench import suite_options
+    from anobench.config import suite_options
 
     files = sorted(expected.EXPECTED_DIR.glob("*.yaml"))
     assert [p.stem for p in files] == ["synthetic_quick"]
@@ -119,7 +119,7 @@ def test_every_shipped_ranges_file_belongs_to_a_suite():
         assert document["suite"] == path.stem and document["generated"]["torch_threads"] == [1]
         assert len(document["generated"]["seeds"]) >= 3  # ranges measure the seed spread, not one CPU
         methods = {label.split(" [")[0] for label in document["cells"]}  # nbs carries its semi-supervised label
-        from anobench.tasks.bench import expand, load_suite
+        from anobench.tasks.plan import expand, load_suite
 
         assert methods == {job.method for job in expand(load_suite(path.stem))}
 

@@ -1,5 +1,6 @@
-"""No import cycles between anobench modules, checked statically (every import statement, module level or
-inside a function, except those under `if TYPE_CHECKING:`), so a cycle hidden in a function fails too."""
+"""No import cycles between anobench modules and no import from a lower layer to a higher one, checked
+statically over every import statement (module level, inside a function, and under `if TYPE_CHECKING:`),
+so a loop hidden in a function or in a type hint fails too. The layers are docs/development.md's."""
 
 from __future__ import annotations
 
@@ -16,20 +17,11 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imported(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> set[str]:
     """anobench modules `module` imports (a `from pkg import name` counts as pkg.name when that is a module)."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -105,11 +97,11 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycles(graph) == [["a", "b", "c"]]
 
 
-def test_the_graph_sees_function_level_imports_and_skips_type_checking():
+def test_the_graph_sees_function_level_and_type_checking_imports():
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import anobench.cli\n"
                      "def f():\n    from anobench.tasks import train\n")
     assert _imported(tree, "anobench.x", False, {"anobench.cli", "anobench.tasks", "anobench.tasks.train"}) == \
-        {"anobench.tasks", "anobench.tasks.train"}
+        {"anobench.cli", "anobench.tasks", "anobench.tasks.train"}
 
 
 def test_no_import_cycles_between_anobench_modules():
@@ -119,3 +111,53 @@ def test_no_import_cycles_between_anobench_modules():
     described = [" -> ".join(c) + "  (edges: " + "; ".join(f"{a} imports {b}" for a in c for b in sorted(graph[a])
                                                                if b in c) + ")" for c in cycles]
     assert not cycles, "import cycles:\n" + "\n".join(described)
+
+
+# docs/development.md, "Layers": low -> high. A module may import its own layer or lower ones only.
+LAYERS = (
+    ("anobench", "anobench.errors", "anobench.io", "anobench.config", "anobench.protocol", "anobench.quiet",
+     "anobench.allocator", "anobench.metrics"),
+    ("anobench.data",),
+    ("anobench.methods", "anobench.backbones"),
+    ("anobench.results",),
+    ("anobench.visualize",),
+    ("anobench.tasks",),
+    ("anobench.cli", "anobench.__main__"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of `module`: the one holding its longest matching package prefix."""
+    best, level = -1, None
+    for index, members in enumerate(LAYERS):
+        for member in members:
+            if (module == member or module.startswith(member + ".")) and len(member) > best:
+                best, level = len(member), index
+    if level is None:
+        raise AssertionError(f"{module} is in no layer of LAYERS (tests/test_imports.py, docs/development.md)")
+    return level
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
+            for a in sorted(graph) for b in sorted(graph[a]) if layer_of(b) > layer_of(a)]
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"anobench.results.record": {"anobench.visualize.figures"},
+                           "anobench.tasks.run": {"anobench.metrics"}}) == \
+        ["anobench.results.record (layer 3) imports anobench.visualize.figures (layer 4)"]
+
+
+def test_no_import_goes_from_a_lower_layer_to_a_higher_one():
+    graph = import_graph()
+    assert all(layer_of(name) >= 0 for name in graph)  # every module is placed in a layer
+    upward = upward_imports({name: {t for t in targets if not t.startswith(name + ".")} for name, targets in graph.items()})
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)
+
+
+def test_the_layers_in_the_test_are_the_layers_in_the_docs():
+    text = (PACKAGE_ROOT.parent / "docs" / "development.md").read_text(encoding="utf-8")
+    for members in LAYERS:
+        for member in members[1:] if members[0] == "anobench" else members:
+            assert f"`{member.removeprefix('anobench.')}`" in text or f"`{member}`" in text, member

@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from anobench.config import config_dir, group_options
 from anobench.errors import AnobenchError
 from anobench.tasks import bench, launch
+from anobench.tasks import plan as planning
 from tests.test_suite import TINY_OVERRIDES, TINY_SUITE
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install 'anobench[slurm]'")
@@ -38,8 +39,8 @@ def test_slurm_launcher_config_composes_and_each_method_gets_its_own_array(tmp_p
     cfg = _compose_with_launcher(overrides)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.partition == "gpu"
 
-    suite = bench.load_suite("mvtec_paper", ["methods=[memae,uninformed_students]", "categories=[mvtec/bottle,mvtec/grid]"])
-    todo = bench.plan(bench.expand(suite), tmp_path / "suites" / "mvtec_paper", clean=False)
+    suite = planning.load_suite("mvtec_paper", ["methods=[memae,uninformed_students]", "categories=[mvtec/bottle,mvtec/grid]"])
+    todo = planning.plan(planning.expand(suite), tmp_path / "suites" / "mvtec_paper", clean=False)
     groups = launch.resource_groups(todo, overrides)
     by_method = {todo[indices[0]].job.method: (resources, [todo[i].job.method for i in indices])
                  for resources, indices in groups.items()}
@@ -70,7 +71,7 @@ def test_n_jobs_and_an_explicit_launcher_are_one_or_the_other():
 
 
 def test_an_unknown_launcher_is_one_clear_error(tmp_path):
-    suite = bench.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0]", "categories=[synthetic/weave]", TINY_OVERRIDES])
+    suite = planning.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0]", "categories=[synthetic/weave]", TINY_OVERRIDES])
     with pytest.raises(AnobenchError, match="hydra/launcher=slurmm"):
         bench.run_suite(suite, tmp_path / "results", launcher=["hydra/launcher=slurmm"])
     assert not list((tmp_path / "results").glob("**/result.json"))
@@ -80,7 +81,7 @@ def test_an_unknown_launcher_is_one_clear_error(tmp_path):
 def test_submitit_local_executor_runs_a_two_job_suite_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("ANOBENCH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    suite = bench.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0]", TINY_SUITE[4], TINY_OVERRIDES])
+    suite = planning.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0]", TINY_SUITE[4], TINY_OVERRIDES])
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.gpus_per_node=0"]
     outcome = bench.run_suite(suite, tmp_path / "results", launcher=launcher)
 

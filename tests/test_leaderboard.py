@@ -7,9 +7,10 @@ import io
 
 import pytest
 
-from anobench.results.leaderboard import build_leaderboard, to_csv
-from anobench.results.publish import write_leaderboard
+from anobench.results.leaderboard import build_leaderboard
 from anobench.results.record import read_result, write_result
+from anobench.results.render import to_csv
+from anobench.tasks.publish import publish
 
 
 def _record(method, category, seed=0, status="ok", metrics=None, dataset="mvtec", finished="2026-01-01T00:00:00",
@@ -34,9 +35,9 @@ def test_means_textures_objects_and_paper_columns():
         _record("patch_svdd", "bottle", metrics={"image_auroc": 1.0, "pixel_auroc": 0.95, "pro": 0.9}),
     ]
     rows = _rows(build_leaderboard(results))
-    assert rows[("mvtec", "Mean")][("patch_svdd", "image_auroc")]["mean"] == pytest.approx((0.8 + 0.6 + 1.0) / 3)
-    assert rows[("mvtec", "Texture mean")][("patch_svdd", "pro")]["mean"] == pytest.approx(0.6)
-    assert rows[("mvtec", "Object mean")][("patch_svdd", "pixel_auroc")]["mean"] == pytest.approx(0.95)
+    assert rows[("mvtec", "Mean")][("patch_svdd", "image_auroc")].mean == pytest.approx((0.8 + 0.6 + 1.0) / 3)
+    assert rows[("mvtec", "Texture mean")][("patch_svdd", "pro")].mean == pytest.approx(0.6)
+    assert rows[("mvtec", "Object mean")][("patch_svdd", "pixel_auroc")].mean == pytest.approx(0.95)
     # Paper numbers (Patch SVDD, ACCV'20 Table 1) beside ours; paper means over the same categories.
     assert rows[("mvtec", "carpet")][("patch_svdd", "image_auroc", "paper")] == pytest.approx(0.929)
     assert rows[("mvtec", "Texture mean")][("patch_svdd", "image_auroc", "paper")] == pytest.approx((0.929 + 0.946) / 2)
@@ -62,13 +63,13 @@ def test_seeds_average_latest_result_per_seed_wins_and_failures_show():
     assert by_category["Mean"]["m/image_auroc"] == "0.700"  # the failed category does not drag the mean
 
 
-def test_write_leaderboard_reads_files_marks_reduced_budget_and_skips_broken(tmp_path):
+def test_publish_reads_files_marks_reduced_budget_and_skips_broken(tmp_path):
     write_result(tmp_path / "runs" / "a", _record("patch_svdd", "bottle", metrics={"image_auroc": 0.9, "pixel_auroc": 0.8, "pro": 0.7}, label="smoke"))
     write_result(tmp_path / "runs" / "b", _record("patch_svdd", "weave", dataset="synthetic",
                                                  metrics={"image_auroc": 0.75, "pixel_auroc": 0.8, "pro": 0.6}, label="reduced"))
     (tmp_path / "runs" / "c").mkdir()
     (tmp_path / "runs" / "c" / "result.json").write_text("{truncated")
-    board = write_leaderboard(tmp_path)
+    board = publish(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
     # the papers' form: one table per metric, methods as columns, ours (smoke budget, marked †) (paper x)
     assert "## mvtec: image AUROC" in md and "| category | patch_svdd |" in md
@@ -98,7 +99,7 @@ def test_model_resolution_results_are_left_out():
 
 
 def test_multi_seed_cells_show_mean_std_and_seed_count_in_markdown_and_csv(tmp_path):
-    from anobench.results.leaderboard import to_markdown
+    from anobench.results.render import to_markdown
 
     results = [_record("m", "bottle", seed=s, metrics={"image_auroc": v, "pixel_auroc": 0.5, "pro": 0.5})
                for s, v in enumerate((0.6, 0.8, 0.7))]

@@ -73,8 +73,12 @@ def test_learning_curves_plan_and_table_from_recorded_runs(tmp_path):
     for seed, (early, late) in enumerate([(0.55, 0.7), (0.65, 0.8)]):
         runs = tmp_path / "runs" / "memae" / f"seed{seed}"
         write_result(runs / "train200", record(seed, "train", 200, late, "train200"))
-        write_result(runs / "eval50", record(seed, "eval", 50, early, "eval50",
-                                             source_checkpoint=str(runs / "train200" / "checkpoints" / "step50.ckpt")))
+        # seed 1's eval recorded its source portably (against the named results root), as anobench eval does
+        source = (str(runs / "train200" / "checkpoints" / "step50.ckpt") if seed == 0 else
+                  f"${{paths.results_dir}}/runs/memae/seed{seed}/train200/checkpoints/step50.ckpt")
+        evaluated = record(seed, "eval", 50, early, "eval50", source_checkpoint=source)
+        evaluated["config"]["paths"] = {"results_dir": str(tmp_path)}
+        write_result(runs / "eval50", evaluated)
     write_result(tmp_path / "runs" / "memae" / "seed2" / "train200", {**record(2, "train", 200, 0.1, "x"),
                                                                       "status": "failed"})
     proc = subprocess.run([sys.executable, "scripts/learning_curves.py", "--collect-only", "--work", str(tmp_path),

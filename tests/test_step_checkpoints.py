@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from anobench.config import config_dir
 from anobench.errors import ConfigError
 from anobench.tasks import evaluate as evaluate_task
-from anobench.tasks.train import StepCheckpoints, build_run, build_trainer, fit_callbacks
+from anobench.tasks import run
 from tests.conftest import SMALL_RUN
 
 
@@ -28,12 +28,12 @@ def test_step_checkpoint_is_the_smaller_budgets_model_and_eval_records_its_step(
                                  f"trainer.max_steps={max_steps}", f"paths.data_dir={tmp_path / 'data'}",
                                  f"paths.results_dir={tmp_path / 'results'}", f"checkpoint_steps={steps}", *SMALL_RUN])
         run_dir = tmp_path / f"run{max_steps}"
-        datamodule, module = build_run(cfg)
-        trainer = build_trainer(cfg.trainer, run_dir, logger=False, callbacks=fit_callbacks(cfg, run_dir))
-        trainer.fit(module, datamodule=datamodule)
+        built = run.build(cfg)
+        trainer = run.build_trainer(cfg.trainer, run_dir, logger=False, callbacks=run.fit_callbacks(cfg, run_dir))
+        trainer.fit(built.module, datamodule=built.datamodule)
         run_dir.mkdir(exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)  # what anobench eval rebuilds the run from
-        return module.state_dict()
+        return built.module.state_dict()
 
     final = fit(3, [1])
     short = fit(1, [])
@@ -44,7 +44,7 @@ def test_step_checkpoint_is_the_smaller_budgets_model_and_eval_records_its_step(
     assert not all(torch.equal(early[k], final[k]) for k in early)  # step 1 is not the last model again
 
     eval_dir = tmp_path / "eval"
-    monkeypatch.setattr(evaluate_task, "run_dir_from_hydra", lambda: eval_dir)
+    monkeypatch.setattr(evaluate_task, "hydra_run_dir", lambda: eval_dir)  # no Hydra app in process
     evaluate_task.evaluate(_compose("eval", [f"checkpoint={tmp_path / 'run3' / 'checkpoints' / 'step1.ckpt'}",
                                              "visualize.enabled=false", f"paths.results_dir={tmp_path / 'results'}"]))
     record = json.loads((eval_dir / "result.json").read_text())
@@ -53,4 +53,4 @@ def test_step_checkpoint_is_the_smaller_budgets_model_and_eval_records_its_step(
 
 def test_step_checkpoints_refuse_non_positive_steps(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint_steps: expected positive step counts"):
-        StepCheckpoints(Path(tmp_path), [0, 5])
+        run.StepCheckpoints(Path(tmp_path), [0, 5])

@@ -20,12 +20,12 @@ from anobench.config import group_options
 from anobench.errors import AnobenchError
 from anobench.results.identity import config_hash
 from anobench.tasks import bench
+from anobench.tasks import plan as planning
 from tests.conftest import REPO
+from tests.methods.fitting import tiny_suite_overrides
 
-# The tiniest end-to-end job (see TINY in tests/methods/test_every_method.py): 2 steps, a handful of images.
-TINY_OVERRIDES = ("overrides=[trainer=smoke,save_checkpoint=false,method.input.batch_size=4,"
-                  "method.input.eval_batch_size=4,data.synthetic.n_train=6,data.synthetic.n_test_good=3,"
-                  "data.synthetic.n_test_per_defect=1]")
+# The tiniest end-to-end job (TINY in tests/methods/fitting.py: 2 steps, a handful of images), no checkpoint.
+TINY_OVERRIDES = tiny_suite_overrides("save_checkpoint=false")
 TINY_SUITE = ["suite=method", "method=patch_svdd", "experiment=null", "seeds=[0,1]",
               "categories=[synthetic/weave,synthetic/tablet]", TINY_OVERRIDES]
 
@@ -58,8 +58,8 @@ def test_every_shipped_suite_is_checked_below():
 @pytest.mark.parametrize("name,settings,n_jobs", SHIPPED_SUITES)
 def test_every_shipped_suite_expands_to_jobs_that_compose(name, settings, n_jobs, tmp_path):
     assert name in group_options("suite")
-    suite = bench.load_suite(name, settings)
-    jobs = bench.expand(suite)
+    suite = planning.load_suite(name, settings)
+    jobs = planning.expand(suite)
     assert len(jobs) == n_jobs and len(set(jobs)) == n_jobs
     if name == "mvtec_paper":
         assert {j.experiment for j in jobs} == {f"{j.method}_paper" for j in jobs}
@@ -70,7 +70,7 @@ def test_every_shipped_suite_expands_to_jobs_that_compose(name, settings, n_jobs
         if (job.method, job.experiment, job.seed) in seen and job.data not in (suite.categories[0], suite.categories[-1]):
             continue
         seen.add((job.method, job.experiment, job.seed))
-        cfg = bench.compose_job(job, tmp_path / "suite")
+        cfg = planning.compose_job(job, tmp_path / "suite")
         resolved = OmegaConf.to_container(cfg, resolve=True)
         assert resolved["method"]["name"] == job.method and resolved["seed"] == job.seed
         assert f"{resolved['data']['dataset']}/{resolved['data']['category']}" == job.data
@@ -79,11 +79,11 @@ def test_every_shipped_suite_expands_to_jobs_that_compose(name, settings, n_jobs
 
 
 def test_method_suite_is_named_after_its_method_and_requires_it():
-    assert bench.load_suite("method", ["method=nbs"]).name == "method_nbs"
+    assert planning.load_suite("method", ["method=nbs"]).name == "method_nbs"
     with pytest.raises(AnobenchError, match="method"):
-        bench.load_suite("method")
+        planning.load_suite("method")
     with pytest.raises(AnobenchError, match="suites: .*synthetic_quick"):
-        bench.load_suite("no_such_suite")
+        planning.load_suite("no_such_suite")
     with pytest.raises(AnobenchError, match="categories="):  # a plain data= would collapse the grid
         bench.bench_command(["suite=synthetic_quick", "data=synthetic/weave"])
 
@@ -131,34 +131,34 @@ def test_resume_after_sigkill_keeps_finished_results_and_redoes_the_killed_run(t
         assert list((suite_dir / "stale").glob(f"*/{directory.relative_to(suite_dir / 'runs')}"))
 
     # A third run would do nothing: every job is complete (checked without the cost of another process).
-    suite = bench.load_suite("method", TINY_SUITE[1:])
+    suite = planning.load_suite("method", TINY_SUITE[1:])
     monkeypatch.setenv("ANOBENCH_DATA_DIR", env["ANOBENCH_DATA_DIR"])
-    assert all(item.done for item in bench.plan(bench.expand(suite), suite_dir, clean=False))
+    assert all(item.done for item in planning.plan(planning.expand(suite), suite_dir, clean=False))
     rows = {r["category"]: r for r in csv.DictReader((suite_dir / "leaderboard.csv").open())}
     assert rows["weave"]["patch_svdd/image_auroc/n_seeds"] == "2" and rows["weave"]["patch_svdd/image_auroc/std"]
     assert "seeds)" in (suite_dir / "leaderboard.md").read_text()  # mean ± std (2 seeds)
 
 
 def test_failed_job_is_recorded_does_not_stop_the_suite_and_is_retried(tmp_path, monkeypatch):
-    import anobench.tasks.train as train_task
+    from anobench.tasks import run as run_pipeline
 
     monkeypatch.setenv("ANOBENCH_DATA_DIR", str(tmp_path / "data"))
-    real_build_run = train_task.build_run
+    real_build_run = run_pipeline.build
 
     def failing_on_weave(cfg):
         if cfg.data.category == "weave":
             raise RuntimeError("injected failure")
         return real_build_run(cfg)
 
-    suite = bench.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0]", TINY_SUITE[4], TINY_OVERRIDES])
-    monkeypatch.setattr(train_task, "build_run", failing_on_weave)
+    suite = planning.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0]", TINY_SUITE[4], TINY_OVERRIDES])
+    monkeypatch.setattr(run_pipeline, "build", failing_on_weave)
     outcome = bench.run_suite(suite, tmp_path / "results")
     assert [(p.category, r["status"]) for p, r in outcome.ran] == [("weave", "failed"), ("tablet", "ok")]
     assert "injected failure" in outcome.failed[0][1]["error"]["message"]
     rows = {r["category"]: r for r in csv.DictReader((outcome.suite_dir / "leaderboard.csv").open())}
     assert rows["weave"]["patch_svdd/pro"] == "failed" and rows["tablet"]["patch_svdd/pro"] not in ("", "failed")
 
-    monkeypatch.setattr(train_task, "build_run", real_build_run)
+    monkeypatch.setattr(run_pipeline, "build", real_build_run)
     retry = bench.run_suite(suite, tmp_path / "results")
     assert [p.category for p in retry.skipped] == ["tablet"]
     assert [(p.category, r["status"]) for p, r in retry.ran] == [("weave", "ok")]
@@ -168,7 +168,7 @@ def test_failed_job_is_recorded_does_not_stop_the_suite_and_is_retried(tmp_path,
 
 def _write_rows(folder: str, writer: int, n_rows: int) -> None:
     """One concurrent writer: results plus a leaderboard rebuild after each, like parallel suite jobs."""
-    from anobench.results.publish import write_leaderboard
+    from anobench.tasks.publish import publish
     from anobench.results.record import write_result
 
     for row in range(n_rows):
@@ -176,7 +176,7 @@ def _write_rows(folder: str, writer: int, n_rows: int) -> None:
                   "finished_at": "2026-01-01T00:00:00", "budget": {"label": "smoke"},
                   "metrics": {"image_auroc": 0.5 + writer / 100 + row / 1000, "pixel_auroc": 0.5, "pro": 0.5}}
         write_result(Path(folder) / "runs" / f"w{writer}" / f"r{row}", record)
-        write_leaderboard(folder)
+        publish(folder)
 
 
 def test_concurrent_writers_lose_no_row_and_keep_files_parseable(tmp_path):
@@ -201,10 +201,10 @@ def test_concurrent_writers_lose_no_row_and_keep_files_parseable(tmp_path):
 
 def test_a_suite_already_running_or_with_live_workers_is_refused_with_one_clear_error(tmp_path, monkeypatch):
     from anobench.io import folder_lock
-    from anobench.tasks.launch import WORKERS_LOCK
+    from anobench.tasks.plan import WORKERS_LOCK
 
     monkeypatch.setenv("ANOBENCH_DATA_DIR", str(tmp_path / "data"))
-    suite = bench.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0]", "categories=[synthetic/weave]", TINY_OVERRIDES])
+    suite = planning.load_suite("method", TINY_SUITE[1:3] + ["seeds=[0]", "categories=[synthetic/weave]", TINY_OVERRIDES])
     suite_dir = tmp_path / "results" / "suites" / "method_patch_svdd"
     # flock conflicts between open file descriptions, so a second open in this process stands in for another process
     with folder_lock(suite_dir, ".suite.lock"):

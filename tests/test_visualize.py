@@ -21,13 +21,13 @@ from PIL import Image
 from anobench.data.mvtec import index_category
 from anobench.data.synthetic import ensure_synthetic
 from anobench.errors import ConfigError
-from anobench.metrics import aupro, evaluate_category, pixel_auroc, trapezoid, upsample_map
-from anobench.results.publish import write_leaderboard
+from anobench.metrics import evaluate_category, trapezoid
+from anobench.tasks.publish import publish
 from anobench.results.record import write_result
 from anobench.visualize import figures
 from anobench.visualize.figures import ColourScale, heatmap_rgba, panel_name, run_colour_scale, write_run_figures
 from anobench.visualize.report import REPORT_FILE, write_report
-from anobench.visualize.task import visualization_settings
+from anobench.visualize.task import VisualizeSettings
 
 N_PER_DEFECT = 3  # synthetic test images per defect type (and good)
 
@@ -60,7 +60,7 @@ def _maps(samples, size: int = 16, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def _evaluate(samples, maps) -> dict:
+def _evaluate(samples, maps):
     scores = np.array([float(m.max()) for m in maps])
     return evaluate_category(maps, scores, [_mask(samples, i) for i in range(len(samples))],
                              np.array([s.label for s in samples]))
@@ -133,17 +133,26 @@ def test_constant_maps_get_a_usable_scale():
 
 
 # --- curves -------------------------------------------------------------------------------------
-def test_grid_curves_match_the_exact_metrics(category):
-    """The plotted curves (threshold grid) integrate to the exact AU-PRO and pixel AUROC, closely."""
+def test_the_curves_drawn_are_the_evaluations_own(run_with_figures):
+    """One PRO definition: the figure draws the curves evaluate_category read off its own pixel ranking,
+    and the PRO area under the drawn curve is result.json's PRO."""
+    run_dir, manifest, _, results = run_with_figures
+    for name in ("image_roc", "pixel_roc", "pro"):
+        curve = getattr(results.curves, name)
+        assert manifest["curve_points"][name] == {"drawn": len(curve.x), "exact": curve.n_exact}
+    pro = results.curves.pro
+    assert trapezoid(pro.x, pro.y, x_max=0.3) / 0.3 == pytest.approx(results.metrics["pro"], abs=1e-9)
+    assert manifest["pro_fpr_limit"] == results.fpr_limit == 0.3
+    assert Image.open(run_dir / "figures" / "curves.png").size[0] > 0
+
+
+def test_figures_need_the_evaluations_curves(category, tmp_path):
     samples = category.test
-    maps = _maps(samples, seed=1)
-    masks = [_mask(samples, i) for i in range(len(samples))]
-    curves = figures.compute_curves(maps, np.zeros(len(maps)), np.array([s.label for s in samples]),
-                                    lambda i: masks[i])
-    full = [upsample_map(m, k.shape) for m, k in zip(maps, masks)]
-    assert figures.grid_aupro(curves, 0.3) == pytest.approx(aupro(full, masks, 0.3), abs=0.01)
-    assert trapezoid(curves.pixel_fpr, curves.pixel_tpr) == pytest.approx(pixel_auroc(full, masks), abs=0.01)
-    assert np.all(np.diff(curves.pro_fpr) >= 0) and curves.pro[0] == 0.0 and curves.pro[-1] == 1.0
+    maps = _maps(samples)
+    results = evaluate_category(maps, np.zeros(len(maps)), [_mask(samples, i) for i in range(len(samples))],
+                                np.array([s.label for s in samples]), with_curves=False)
+    with pytest.raises(ValueError, match="no curves"):
+        write_run_figures(tmp_path, maps, np.zeros(len(maps)), samples, lambda i: _mask(samples, i), results)
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -163,14 +172,14 @@ def _compose(overrides: list[str]):
     (["visualize.enabled=false"], (False, 3)),
 ])
 def test_figures_are_on_by_default_and_off_in_smoke_unless_asked(overrides, expected):
-    assert visualization_settings(_compose(overrides)) == expected
+    assert VisualizeSettings.from_config(_compose(overrides)) == VisualizeSettings(*expected)
 
 
 def test_invalid_visualize_setting_is_named():
     with pytest.raises(ConfigError, match="visualize.max_per_defect"):
-        visualization_settings(_compose(["visualize.max_per_defect=-1"]))
+        VisualizeSettings.from_config(_compose(["visualize.max_per_defect=-1"]))
     with pytest.raises(ConfigError, match="visualize.enabled"):
-        visualization_settings(_compose(["visualize.enabled=sometimes"]))
+        VisualizeSettings.from_config(_compose(["visualize.enabled=sometimes"]))
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -246,7 +255,7 @@ def test_report_lists_every_run_and_has_no_broken_local_links(results_folder, ru
 
 def test_leaderboard_markdown_links_to_the_report(results_folder):
     results, _ = results_folder
-    write_leaderboard(results)
+    publish(results)
     assert "(report.html)" in (results / "leaderboard.md").read_text()
     assert (results / REPORT_FILE).is_file()  # rebuilt with the tables, so the link is never broken
 

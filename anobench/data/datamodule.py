@@ -4,12 +4,14 @@ Why: methods must be compared on identical inputs, so loading, resizing and the 
 here once. Images are float tensors in [0, 1] without normalisation (each method normalises
 inside its own model). Ground-truth masks stay at their original resolution: the evaluator
 upsamples maps to them, so ``load_mask(i)`` returns the mask of ``test_samples[i]`` unresized.
+
+What a method may use beyond its batches is declared once: `AnomalyDataModule`'s docstring.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -21,12 +23,25 @@ from anobench.data.mvtec import CategoryIndex, Sample, check_decodable, image_si
 from anobench.data.synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic
 from anobench.errors import ConfigError
 
-__all__ = ["AnomalyDataModule", "AUGMENT_KEYS", "DEFAULT_SYNTHETIC_ROOT"]
+__all__ = ["AnomalyDataModule", "AUGMENT_KEYS", "DEFAULT_SYNTHETIC_ROOT", "DataIdentity"]
 
 DATASETS = ("mvtec", "synthetic")
 AUGMENT_KEYS = ("hflip", "vflip", "rotate90", "color_jitter")
 SYNTHETIC_KEYS = ("seed", "image_size", "n_train", "n_test_good", "n_test_per_defect")
 DEFAULT_SYNTHETIC_ROOT = Path("data") / "synthetic"
+
+
+class DataIdentity(NamedTuple):
+    """Which images a datamodule serves, as configured: what a per-category cache keys on."""
+
+    dataset: str
+    category: str
+    root: str | None
+    image_size: int
+
+    def key(self) -> str:
+        """``dataset:category:root:image_size`` (the Uninformed Students teacher cache's data key)."""
+        return ":".join(str(value) for value in self)
 
 
 def _augment(image: torch.Tensor, augment: dict[str, Any], seed: int) -> torch.Tensor:
@@ -157,7 +172,31 @@ def _known_keys(name: str, given: dict | None, allowed: tuple[str, ...] | list[s
 
 
 class AnomalyDataModule(L.LightningDataModule):
-    """MVTec AD or a synthetic category as train / inference-train / test loaders."""
+    """MVTec AD or a synthetic category as train / inference-train / test loaders.
+
+    What a method may use beyond batches: its LightningModule reaches the datamodule through
+    ``AnomalyModule.data()`` (an `AnomalyDataModule`, checked) and uses only this declared interface, never
+    attributes probed with hasattr/getattr:
+
+        training_images()            the whole training set, un-augmented, in index order (N×3×S×S in [0, 1])
+        inference_train_dataloader() the same images in batches with their "index" (memory banks, statistics)
+        test_dataloader()            the test images in ``test_samples`` order with "label" and "index"
+        test_samples, load_mask(i)   the test samples and the ground truth of test image i
+        exclude_from_training(ids)   never train on these training images (held-out validation images)
+        train_indices_only(enabled)  training batches carry only "index" (a method keeping its own copy)
+        identity                     `DataIdentity` (dataset, category, root, image_size): what the data is, e.g.
+                                     what a per-category cache keys on
+        augment, image_size          the training augmentation ({} = none) and the square input size
+        dataset, category, synthetic the configured source (the synthetic generator's settings, {} for MVTec)
+
+    Who uses what: Patch SVDD keeps ``training_images()`` and turns on ``train_indices_only`` (without
+    ``augment``); Uninformed Students holds validation images out (``exclude_from_training``) and keys its
+    teacher cache on ``identity``; NBS builds its labelled split from the test loader, ``test_samples``,
+    ``load_mask``, ``training_images()`` and the synthetic settings; SynthCP fits its layout on
+    ``inference_train_dataloader()``. Every attribute is set in ``__init__``; the two training modes above
+    are the only state a method changes, each undone by calling it again (``exclude_from_training([])``,
+    ``train_indices_only(False)``).
+    """
 
     def __init__(
         self,
@@ -210,7 +249,13 @@ class AnomalyDataModule(L.LightningDataModule):
         self.index: CategoryIndex | None = None
         self._datasets: dict[str, _ImageDataset] = {}
         self._train_sampler: _RepeatShuffleSampler | None = None
-        self.train_images = True  # False after train_indices_only(): batches carry "index" only
+        self.train_exclude: frozenset[int] = frozenset()  # exclude_from_training(): never yielded for training
+        self.indices_only = False  # True after train_indices_only(): training batches carry "index" only
+
+    @property
+    def identity(self) -> DataIdentity:
+        """The configured source and input size (not the location of a synthetic root's generated files)."""
+        return DataIdentity(self.dataset, self.category, self.root, self.image_size)
 
     # --- setup -------------------------------------------------------------------------------
     def _root(self) -> Path:
@@ -277,17 +322,16 @@ class AnomalyDataModule(L.LightningDataModule):
                 f"data.augment={self.augment} makes every training draw a new image; train_indices_only() "
                 "needs data.augment=null"
             )
-        self.train_images = not enabled
+        self.indices_only = bool(enabled)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) training images, repeated ``train_repeats`` times per epoch; batches carry
         "image" and "index" (the training-set index, e.g. for per-image caches of a method), or only
         "index" after train_indices_only()."""
         ds = self._dataset("train")
-        exclude = getattr(self, "train_exclude", frozenset())
-        if exclude:
-            ds = _KeptTrainImages(ds, [i for i in range(len(ds)) if i not in exclude])
-        if not self.train_images:
+        if self.train_exclude:
+            ds = _KeptTrainImages(ds, [i for i in range(len(ds)) if i not in self.train_exclude])
+        if self.indices_only:
             ds = _TrainIndices(ds.keep if isinstance(ds, _KeptTrainImages) else list(range(len(ds))))
         if self._train_sampler is None:
             self._train_sampler = _RepeatShuffleSampler(len(ds), self.train_repeats, self.seed)
@@ -301,6 +345,11 @@ class AnomalyDataModule(L.LightningDataModule):
     def inference_train_dataloader(self) -> DataLoader:
         """Training images in index order, un-augmented: for memory banks / statistics."""
         return self._loader(self._dataset("inference_train"), self.eval_batch_size, shuffle=False)
+
+    def training_images(self) -> torch.Tensor:
+        """The whole training set, un-augmented, in index order, as one new N×3×S×S float tensor in [0, 1]
+        (the batches of inference_train_dataloader() concatenated; the caller owns it)."""
+        return torch.cat([batch["image"] for batch in self.inference_train_dataloader()])
 
     def test_dataloader(self) -> DataLoader:
         """Test images in ``test_samples`` order with their label and index."""

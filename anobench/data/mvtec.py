@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anobench.config import MVTEC_ROOT_ENV
 from anobench.errors import DataError, DataWarning
 
 __all__ = [
@@ -53,7 +54,7 @@ MVTEC_OBJECTS: tuple[str, ...] = (
 )
 MVTEC_CATEGORIES: tuple[str, ...] = tuple(sorted(MVTEC_TEXTURES + MVTEC_OBJECTS))
 
-ROOT_ENV_VAR = "ANOBENCH_MVTEC_ROOT"
+ROOT_ENV_VAR = MVTEC_ROOT_ENV  # the name is defined in anobench/config.py
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 GOOD = "good"
 

@@ -3,11 +3,14 @@
 A method subclasses `AnomalyModule`, keeps its plain torch model in `self.model` and implements
 training (``training_step``, ``configure_optimizers``). In eval mode ``self.model(images)`` must
 return an `AnomalyOutput`: a B×h×w anomaly map at model resolution (higher = more anomalous) and a
-B image score. Everything after that (upsampling to ground-truth size, metrics) is the evaluator's.
+B image score. The test loop hands each batch's output to a `PredictionCollector` (a callback), which
+assembles the whole test set's `TestPredictions`; evaluating them (upsampling to ground-truth size,
+metrics) is the run pipeline's stage (anobench/tasks/run.py), not the module's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
@@ -16,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+from anobench.data.datamodule import AnomalyDataModule
 
 
 class AnomalyOutput(NamedTuple):
@@ -35,8 +40,64 @@ class AnomalyOutput(NamedTuple):
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
+class TestBatchOutput(NamedTuple):
+    """What `AnomalyModule.test_step` returns: the batch's test-sample indices and the model's output (on CPU)."""
+
+    __test__ = False  # not a pytest test class
+
+    indices: torch.Tensor
+    output: AnomalyOutput
+
+
+@dataclass
+class TestPredictions:
+    """Every test image's map and score, in test-sample order (index i = ``datamodule.test_samples[i]``)."""
+
+    __test__ = False  # not a pytest test class
+
+    maps: list[np.ndarray]  # model resolution
+    scores: np.ndarray  # the method's image scores, after `AnomalyModule.finalize_test_scores`
+    score_parts: np.ndarray | None  # N×k, see AnomalyOutput
+    labels: np.ndarray  # 1 = defective
+
+
+class PredictionCollector(L.Callback):
+    """Collects the test loop's `TestBatchOutput`s (a recording callback: nothing of the module is patched)."""
+
+    def __init__(self) -> None:
+        self.batches: list[TestBatchOutput] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.batches = []
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not isinstance(outputs, TestBatchOutput):
+            raise RuntimeError(f"{type(pl_module).__name__}.test_step must return a TestBatchOutput, got {type(outputs)}")
+        self.batches.append(outputs)
+
+    def predictions(self, module: "AnomalyModule", labels: np.ndarray) -> TestPredictions:
+        """The collected outputs in test-sample order, with the method's test-set scores applied."""
+        if not self.batches:
+            raise RuntimeError("the test loop produced no batch (was trainer.test run with this collector?)")
+        indices = np.concatenate([b.indices.numpy().reshape(-1) for b in self.batches])
+        order = np.argsort(indices, kind="stable")
+        if len(indices) != len(labels) or not np.array_equal(indices[order], np.arange(len(labels))):
+            raise RuntimeError("test loop did not see every test image exactly once")
+        maps = [m for b in self.batches for m in b.output.anomaly_map.numpy()]
+        scores = np.concatenate([b.output.pred_score.numpy().reshape(-1) for b in self.batches])[order]
+        with_parts = [b.output.score_parts for b in self.batches if b.output.score_parts is not None]
+        parts = np.concatenate([p.numpy() for p in with_parts])[order] if with_parts else None
+        scores = np.asarray(module.finalize_test_scores(scores, parts), dtype=np.float64)
+        return TestPredictions(maps=[maps[i] for i in order], scores=scores, score_parts=parts,
+                               labels=np.asarray(labels))
+
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
 class AnomalyModule(L.LightningModule):
-    """Lightning wrapper shared by all methods: owns the test loop and hands maps to the evaluator."""
+    """Lightning wrapper shared by all methods: owns the test loop; `PredictionCollector` gathers its outputs."""
 
     method_name: str = "base"  # set by @register_method
 
@@ -44,13 +105,6 @@ class AnomalyModule(L.LightningModule):
         super().__init__()
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-4)
         self.model: nn.Module
-        self.evaluation_resolution = "ground_truth"
-        self.pro_fpr_limit = 0.3
-        self._maps: list[np.ndarray] = []
-        self._scores: list[np.ndarray] = []
-        self._indices: list[np.ndarray] = []
-        self._score_parts: list[np.ndarray] = []
-        self.test_results: dict[str, Any] | None = None
 
     # --- hooks a method may override -------------------------------------------------------
     def prepare_inference(self, train_loader: DataLoader) -> None:
@@ -74,12 +128,24 @@ class AnomalyModule(L.LightningModule):
         """
         return []
 
-    def extra_test_results(self) -> dict[str, Any]:
-        """Entries added to ``test_results`` (and so to result.json's ``evaluation``). Default: none."""
+    def extra_test_results(self, predictions: TestPredictions) -> dict[str, Any]:
+        """Entries added to result.json's ``evaluation`` from the whole test set's predictions. Default: none."""
         return {}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
+
+    # --- the data beyond batches ---------------------------------------------------------------
+    def data(self) -> AnomalyDataModule:
+        """The `AnomalyDataModule` of the running fit or test; a method uses only its declared interface
+        (AnomalyDataModule's docstring: what a method may use beyond batches)."""
+        trainer = self._trainer
+        datamodule = None if trainer is None else trainer.datamodule
+        if not isinstance(datamodule, AnomalyDataModule):
+            given = "no Trainer" if trainer is None else f"datamodule={type(datamodule).__name__}"
+            raise RuntimeError(f"method {self.method_name} ({type(self).__name__}) needs trainer.fit/test(..., "
+                               f"datamodule=AnomalyDataModule(...)); got {given}")
+        return datamodule
 
     # --- training: a method with one loss per batch only writes compute_losses ------------------
     def compute_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -99,44 +165,13 @@ class AnomalyModule(L.LightningModule):
 
     # --- shared test loop ------------------------------------------------------------------
     def on_test_start(self) -> None:
-        self._maps, self._scores, self._indices, self._score_parts = [], [], [], []
-        datamodule = self.trainer.datamodule
-        self.prepare_inference(datamodule.inference_train_dataloader())
+        self.prepare_inference(self.data().inference_train_dataloader())
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> TestBatchOutput:
         output = self.model(batch["image"])
-        self._maps.extend(output.anomaly_map.detach().float().cpu().numpy())
-        self._scores.append(output.pred_score.detach().float().cpu().numpy().reshape(-1))
-        self._indices.append(batch["index"].cpu().numpy().reshape(-1))
-        if output.score_parts is not None:
-            self._score_parts.append(output.score_parts.detach().float().cpu().numpy())
-
-    def on_test_epoch_end(self) -> None:
-        from anobench.metrics import evaluate_category
-
-        datamodule = self.trainer.datamodule
-        indices = np.concatenate(self._indices)
-        order = np.argsort(indices)
-        samples = datamodule.test_samples
-        if len(indices) != len(samples) or not np.array_equal(indices[order], np.arange(len(samples))):
-            raise RuntimeError("test loop did not see every test image exactly once")
-        maps = [self._maps[i] for i in order]
-        scores = np.concatenate(self._scores)[order]
-        parts = np.concatenate(self._score_parts)[order] if self._score_parts else None
-        scores = np.asarray(self.finalize_test_scores(scores, parts), dtype=np.float64)
-        excluded = set(self.evaluation_exclusions())
-        keep = [i for i in range(len(samples)) if i not in excluded]
-        maps, scores = [maps[i] for i in keep], scores[keep]
-        self.test_results = evaluate_category(
-            anomaly_maps=maps,
-            image_scores=scores,
-            masks=[datamodule.load_mask(i) for i in keep],
-            labels=np.array([samples[i].label for i in keep]),
-            resolution=self.evaluation_resolution,
-            fpr_limit=self.pro_fpr_limit,
+        parts = output.score_parts
+        return TestBatchOutput(
+            indices=batch["index"].detach().cpu(),
+            output=AnomalyOutput(output.anomaly_map.detach().float().cpu(), output.pred_score.detach().float().cpu(),
+                                 None if parts is None else parts.detach().float().cpu()),
         )
-        self.test_results.update(self.extra_test_results())
-        # for anobench.visualize (run figures): the evaluated samples, their maps and scores
-        self.evaluated_indices, self.test_maps, self.test_scores = keep, maps, scores
-        for key, value in self.test_results["metrics"].items():
-            self.log(f"test/{key}", float(value))

@@ -5,10 +5,11 @@ after a test run; the other functions take plain arrays.
 """
 
 from anobench.metrics.auroc import image_auroc, pixel_auroc
-from anobench.metrics.evaluate import evaluate_category, upsample_map
+from anobench.metrics.evaluate import CategoryEvaluation, evaluate_category, upsample_map
 from anobench.metrics.pro import aupro, pro_curve, trapezoid
 
 __all__ = [
+    "CategoryEvaluation",
     "aupro",
     "evaluate_category",
     "image_auroc",

@@ -7,8 +7,8 @@ Both metrics only need two things from a category's maps and masks:
 
 Splitting the pixels once into those buffers costs about one copy of the scores and no index
 array over all pixels, so a full-resolution category (100 maps of 1024x1024) fits in ~1 GB on top
-of the caller's maps; sorting only values (not indices) keeps it fast. On this project's VMs memory a
-process touches for the first time costs ~2 s per GB, so the code avoids temporaries over CPU work.
+of the caller's maps; sorting only values (not indices) keeps it fast. Memory touched for the first time
+is slow (docs/performance.md#pixel-metrics), so the code avoids temporaries over CPU work.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +19,32 @@ import torch.nn.functional as F
 
 from anobench.metrics._pixels import as_bool_mask, check_fpr_limit, check_memory, common_score_dtype, split_pixels
 from anobench.metrics.auroc import auroc_from_split, image_auroc
+from anobench.metrics.curves import MetricCurves, image_roc_curve, pixel_roc_curve, pro_curve_from_split
 from anobench.metrics.pro import aupro_from_split
+from anobench.protocol import EVALUATION_RESOLUTIONS as RESOLUTIONS
+from anobench.protocol import PRO_FPR_LIMIT
 
-RESOLUTIONS = ("ground_truth", "model")
+
+@dataclass
+class CategoryEvaluation:
+    """What `evaluate_category` measured; `as_record()` is what result.json's ``metrics`` / ``evaluation`` hold.
+
+    ``curves`` come from the same pixel ranking as the metrics (drawn by anobench.visualize, not stored).
+    """
+
+    metrics: dict[str, float]
+    resolution: str
+    fpr_limit: float
+    n_images: int
+    n_defective: int
+    n_regions: int
+    timings: dict[str, float]
+    curves: MetricCurves | None = field(default=None, repr=False)
+
+    def as_record(self) -> dict[str, Any]:
+        """The JSON-ready evaluation block (everything but the metrics and the curves)."""
+        return {"resolution": self.resolution, "fpr_limit": self.fpr_limit, "n_images": self.n_images,
+                "n_defective": self.n_defective, "n_regions": self.n_regions, "timings": dict(self.timings)}
 
 
 def upsample_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -61,8 +86,9 @@ def evaluate_category(
     masks: Sequence[np.ndarray],
     labels: Sequence[int] | np.ndarray,
     resolution: str = "ground_truth",
-    fpr_limit: float = 0.3,
-) -> dict:
+    fpr_limit: float = PRO_FPR_LIMIT,
+    with_curves: bool = True,
+) -> CategoryEvaluation:
     """Image AU-ROC, pixel AU-ROC and AU-PRO of one category's test run.
 
     anomaly_maps: 2-D float maps at model resolution, one per test image.
@@ -73,7 +99,8 @@ def evaluate_category(
                   (masks downsampled to each map's size with nearest neighbour; cheaper, not official).
 
     ``n_regions`` counts GT regions at the resolution the metrics ran at; ``timings.upsample_s`` is
-    the time spent resampling (maps or masks), ``metrics_s`` the rest.
+    the time spent resampling (maps or masks), ``metrics_s`` the rest. ``with_curves``: also read the ROC
+    and PRO curves off the same pixel ranking (`anobench.metrics.curves`).
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {', '.join(map(repr, RESOLUTIONS))}; got {resolution!r}")
@@ -121,16 +148,19 @@ def evaluate_category(
         # paper's own image score above: separates "better maps" from "a better score formula".
         "image_auroc_map_max": image_auroc(np.array([float(np.max(a)) for a in maps]), labels),
     }
+    curves = MetricCurves(image_roc_curve(scores, labels), pixel_roc_curve(split),
+                          pro_curve_from_split(split)) if with_curves else None
     total_s = time.perf_counter() - start
-    return {
-        "metrics": metrics,
-        "resolution": resolution,
-        "fpr_limit": limit,
-        "n_images": n,
-        "n_defective": int(np.count_nonzero(labels == 1)),
-        "n_regions": split.n_regions,
-        "timings": {"upsample_s": resample_s, "metrics_s": total_s - resample_s},
-    }
+    return CategoryEvaluation(
+        metrics=metrics,
+        resolution=resolution,
+        fpr_limit=limit,
+        n_images=n,
+        n_defective=int(np.count_nonzero(labels == 1)),
+        n_regions=split.n_regions,
+        timings={"upsample_s": resample_s, "metrics_s": total_s - resample_s},
+        curves=curves,
+    )
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """AU-PRO exactly as MVTec AD's official evaluation script (2021) computes it.
 
-Protocol (see shared/methods.md, section 2.2):
+Protocol (docs/methods.md, "MVTec AD evaluation protocol"):
 
 * GT regions are the connected components of each mask (``scipy.ndimage.label`` with a 3x3 ones
   structure, i.e. 8-connectivity); any non-zero GT pixel is foreground.
@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from anobench.protocol import PRO_FPR_LIMIT
 from anobench.metrics._pixels import (
     PixelSplit,
     check_fpr_limit,
@@ -42,7 +43,7 @@ from anobench.metrics._pixels import (
 )
 
 
-def aupro(anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], fpr_limit: float = 0.3) -> float:
+def aupro(anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], fpr_limit: float = PRO_FPR_LIMIT) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec's official AU-PRO).
 
     Maps and masks pair up by index and must have equal shapes (the protocol evaluates at the
@@ -138,15 +139,8 @@ def _reduced_area(split: PixelSplit, limit: float) -> float:
     P_j = PRO(B_j) (P_-1 = 0), A_j = (a_j, P_{j-1}) and B_j = (b_j, P_j), so segment A_j B_j has area
     (P_{j-1} + P_j)(b_j - a_j) / 2 and segment B_j A_{j+1} area P_j (a_{j+1} - b_j).
     """
-    n_neg, r = split.n_neg, split.ranking  # ascending distinct positive scores; the curve runs downwards
-    k = r.thresholds.size
-    pro = np.cumsum(r.weight_sums[::-1])
-    pro /= split.n_regions
-    np.minimum(pro, 1.0, out=pro)
-    a = np.subtract(n_neg, r.neg_below_or_equal[::-1], dtype=np.float64)  # false positives > t_j
-    a /= n_neg
-    b = np.subtract(n_neg, r.neg_below[::-1], dtype=np.float64)  # false positives >= t_j
-    b /= n_neg
+    a, b, pro = reduced_pro_points(split)
+    k = pro.size
     m_a = int(np.searchsorted(a, limit, side="right"))  # points A_j with x <= limit (a prefix: x ascends)
     m_b = int(np.searchsorted(b, limit, side="right"))  # points B_j with x <= limit; m_b <= m_a <= m_b + 1
     left = pro[:m_b].copy()  # P_{j-1} + P_j for j < m_b
@@ -167,6 +161,22 @@ def _reduced_area(split: PixelSplit, limit: float) -> float:
         y_interp = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
         area += 0.5 * (y_interp + y0) * (limit - x0)
     return float(area)
+
+
+def reduced_pro_points(split: PixelSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, P) of the reduced PRO curve (see `_reduced_area`), for the distinct positive scores t_0 > t_1 > ...:
+    a_j = FPR of the pixels > t_j, b_j = FPR of the pixels >= t_j, P_j = PRO at t_j (clipped to <= 1).
+    The exact curve is (0, 0), (a_0, 0), (b_0, P_0), (a_1, P_0), (b_1, P_1), ..., (1, P_{k-1}), (1, 1);
+    AU-PRO integrates it and the figures draw it, so both show one PRO."""
+    n_neg, r = split.n_neg, split.ranking  # ascending distinct positive scores; the curve runs downwards
+    pro = np.cumsum(r.weight_sums[::-1])
+    pro /= split.n_regions
+    np.minimum(pro, 1.0, out=pro)
+    a = np.subtract(n_neg, r.neg_below_or_equal[::-1], dtype=np.float64)  # false positives > t_j
+    a /= n_neg
+    b = np.subtract(n_neg, r.neg_below[::-1], dtype=np.float64)  # false positives >= t_j
+    b /= n_neg
+    return a, b, pro
 
 
 def _close_curve(fprs: np.ndarray, pros: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ from anobench.errors import AnobenchError
 from anobench.io import atomic_write_text
 from anobench.results.leaderboard import collect_results, latest_per_seed, method_label
 from anobench.results.record import RESULT_FILE, git_sha, library_versions
+from anobench.results.render import format_value
 
 EXPECTED_DIR = Path(__file__).with_name("expected")
 DEFAULT_MARGIN = 0.02  # AUROC/PRO units added to every half-width (covers a seed spread that happened to be small)
@@ -187,7 +188,7 @@ def _row(method: str, dataset: str, category: str, metric: str, spec: dict[str, 
          values: list[float] | None, failed: int) -> RangeRow:
     low, high = spec["range"]
     centre = statistics.fmean(spec["values"].values()) if spec.get("values") else spec.get("value")
-    stored = "" if centre is None else f"stored centre {centre:.4f}"
+    stored = "" if centre is None else f"stored centre {format_value(centre, 4)}"
     if values is None:
         return RangeRow(method, dataset, category, metric, None, low, high, "missing", "no run")
     if failed or not values:

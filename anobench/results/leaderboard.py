@@ -1,25 +1,23 @@
-"""Leaderboard tables, rebuilt from result files and the stored paper numbers (never edited by hand).
+"""Leaderboard aggregation: result files and the stored paper numbers -> typed rows (no files, no text).
 
 One row per (dataset, category); per method: image AUROC, pixel AUROC, PRO (mean over seeds, using the
 latest result of each seed) with the paper's number beside ours where a paper reports one. Mean rows:
-all categories, textures, objects. Rows not produced with the paper's budget are marked †.
+all categories, textures, objects. Rendering (markdown, CSV, console, HTML) is anobench/results/render.py;
+the publisher that writes the files is anobench/tasks/publish.py.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import yaml
 
-from anobench.io import atomic_write_text
 from anobench.results.record import METRIC_KEYS, RESULT_FILE, read_result
 
 METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO"}
@@ -57,7 +55,7 @@ def collect_results(results_dir: str | Path,
 
 
 def method_label(record: dict[str, Any]) -> str:
-    """The method's column name: semi-supervised runs (labelled defect images, e.g. NBS) get their own
+    """The method's column name: semi-supervised runs (trained with labelled defect images) get their own
     column, ``<method> [semi-supervised: <source>]``, never averaged with or mistaken for the
     unsupervised protocol."""
     evaluation = record.get("evaluation") or {}
@@ -102,6 +100,38 @@ class Cell:
         finite = [v for v in self.values if v is not None and not math.isnan(v)]
         return statistics.stdev(finite) if len(finite) > 1 else None
 
+    @property
+    def count(self) -> int:
+        """Seeds counted in the cell (ok runs, a missing metric included): the CSV's `n_seeds`."""
+        return len(self.values)
+
+    @property
+    def all_failed(self) -> bool:
+        """Every run of the cell failed: no value to show."""
+        return bool(self.failed) and not self.values
+
+
+@dataclass
+class MeanCell:
+    """Our mean over the categories of a mean row for one (method, metric): `n` of its `of` categories
+    have a value; `budgets` are the budgets of every member cell."""
+
+    mean: float | None
+    n: int
+    of: int
+    budgets: set[str] = field(default_factory=set)
+    std: ClassVar[None] = None  # a mean over categories carries no seed spread
+    failed: ClassVar[int] = 0
+    all_failed: ClassVar[bool] = False
+
+    @property
+    def count(self) -> int:
+        """Categories with a value (the CSV's `n_seeds` column holds it for mean rows)."""
+        return self.n
+
+
+AnyCell = Cell | MeanCell  # a leaderboard row's value for one (method, metric)
+
 
 @dataclass
 class Leaderboard:
@@ -109,6 +139,8 @@ class Leaderboard:
     rows: list[dict[str, Any]]  # one per (dataset, category), then mean rows per dataset
     runs: list[dict[str, Any]]
     warnings: list[str]
+    # method -> the paper's protocol note (paper_numbers.yaml `protocol`), for the methods on the board
+    protocols: dict[str, str] = field(default_factory=dict)
 
     def category_cells(self) -> Iterable[tuple[dict[str, Any], str, str, Cell]]:
         """(row, method, metric, cell) for every filled cell of the per-category rows (mean rows skipped)."""
@@ -164,7 +196,19 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
                     mean_row[(method, metric)] = _mean_cell(members, method, metric)
                     mean_row[(method, metric, "paper")] = _paper_mean(members, method, metric)
             rows.append(mean_row)
-    return Leaderboard(methods=methods, rows=rows, runs=runs, warnings=list(warnings or []))
+    return Leaderboard(methods=methods, rows=rows, runs=runs, warnings=list(warnings or []),
+                       protocols=protocol_notes(paper, (r["method"] for r in runs)))
+
+
+def protocol_notes(paper: dict[str, Any], methods: Iterable[str]) -> dict[str, str]:
+    """method -> its paper's protocol note (paper_numbers.yaml `protocol`), for those of `methods` that have one."""
+    notes = {}
+    for method in sorted(set(methods)):
+        entry = paper.get(method)
+        note = entry.get("protocol") if isinstance(entry, dict) else None
+        if note:
+            notes[method] = str(note)
+    return notes
 
 
 def _resolution(record: dict[str, Any]) -> str:
@@ -177,12 +221,12 @@ def _paper_value(paper: dict, method: str, dataset: str, category: str, metric: 
     return (((paper.get(method) or {}).get(dataset) or {}).get(category) or {}).get(metric)
 
 
-def _mean_cell(members: list[dict], method: str, metric: str) -> dict[str, Any]:
+def _mean_cell(members: list[dict], method: str, metric: str) -> MeanCell:
     means = [r[(method, metric)].mean for r in members if r.get((method, metric)) is not None]
     finite = [m for m in means if m is not None]
     budgets = set().union(*(r[(method, metric)].budgets for r in members if r.get((method, metric)) is not None))
-    return {"mean": statistics.fmean(finite) if finite else None, "n": len(finite), "of": len(members),
-            "budgets": budgets}
+    return MeanCell(mean=statistics.fmean(finite) if finite else None, n=len(finite), of=len(members),
+                    budgets=budgets)
 
 
 def _paper_mean(members: list[dict], method: str, metric: str) -> float | None:
@@ -192,247 +236,3 @@ def _paper_mean(members: list[dict], method: str, metric: str) -> float | None:
     if not ours or any(v is None for v in values):
         return None
     return statistics.fmean(values)
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-
-
-def _cell_text(cell: Any) -> str:
-    if cell is None:
-        return ""
-    if isinstance(cell, dict):  # mean row
-        text = _fmt(cell["mean"])
-        if text and cell["n"] < cell["of"]:
-            text += f" ({cell['n']}/{cell['of']})"
-        budgets = cell["budgets"]
-    else:
-        text = _fmt(cell.mean)
-        if cell.std is not None:
-            text += f" ± {cell.std:.3f}"
-        if cell.failed and not cell.values:
-            return "failed"
-        notes = [f"{cell.n_seeds} seeds"] if cell.std is not None else []
-        if cell.failed:
-            notes.append(f"{cell.failed} failed")
-        if notes:
-            text += f" ({', '.join(notes)})"
-        budgets = cell.budgets
-    if text and budgets and budgets != {"paper"}:
-        text += "†"
-    return text
-
-
-def _columns(board: Leaderboard) -> list[tuple]:
-    """The CSV's columns: per method and metric ours, then the paper's where a paper reports one."""
-    cols: list[tuple] = []
-    for method in board.methods:
-        for metric in METRIC_KEYS:
-            cols.append((method, metric))
-            if any(r.get((method, metric, "paper")) is not None for r in board.rows):
-                cols.append((method, metric, "paper"))
-    return cols
-
-
-def metric_cell_text(row: dict[str, Any], method: str, metric: str) -> str:
-    """One cell of a per-metric table: ours, then `(paper x)` when the paper reports a number there."""
-    text = _cell_text(row.get((method, metric)))
-    paper = row.get((method, metric, "paper"))
-    if paper is not None:
-        text = f"{text} (paper {_fmt(paper)})" if text else f"– (paper {_fmt(paper)})"
-    return text
-
-
-def metric_tables(board: Leaderboard, only: set[tuple] | None = None
-                  ) -> Iterable[tuple[str, str, list[str], list[tuple[dict[str, Any], list[str]]]]]:
-    """The papers' form: per dataset and metric, (dataset, metric, methods, [(row, cells)]) with categories
-    as rows (then the mean rows) and methods as columns. `only`: keep these (dataset, category) rows and
-    no mean row (a run's own rows, not a mean over categories it did not run)."""
-    for dataset in dict.fromkeys(r["dataset"] for r in board.rows):
-        rows = [r for r in board.rows if r["dataset"] == dataset
-                and (only is None or (r["kind"] != "mean" and (dataset, r["category"]) in only))]
-        if not rows:
-            continue
-        for metric in METRIC_KEYS:
-            methods = [m for m in board.methods if any(r.get((m, metric)) is not None for r in rows)]
-            if methods:
-                yield dataset, metric, methods, [(r, [metric_cell_text(r, m, metric) for m in methods]) for r in rows]
-
-
-def to_csv(board: Leaderboard) -> str:
-    cols = _columns(board)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    header = ["dataset", "category", "kind"]
-    for col in cols:
-        name = "/".join(col)
-        header += [name] if len(col) == 3 else [name, f"{name}/std", f"{name}/n_seeds", f"{name}/budget"]
-    writer.writerow(header)
-    for row in board.rows:
-        line = [row["dataset"], row["category"], row["kind"]]
-        for col in cols:
-            cell = row.get(col)
-            if len(col) == 3:
-                line.append(_fmt(cell))
-            elif isinstance(cell, dict):
-                line += [_fmt(cell["mean"]), "", cell["n"], ";".join(sorted(cell["budgets"]))]
-            elif cell is None:
-                line += ["", "", 0, ""]
-            else:
-                mean = "failed" if cell.failed and not cell.values else _fmt(cell.mean)
-                line += [mean, _fmt(cell.std), len(cell.values), ";".join(sorted(cell.budgets))]
-        writer.writerow(line)
-    return out.getvalue()
-
-
-def to_markdown(board: Leaderboard, source: str) -> str:
-    cols = _columns(board)
-    lines = [
-        "# anobench leaderboard",
-        "",
-        f"Rebuilt from {len(board.runs)} result file(s) under `{source}` (next to this file) by anobench; "
-        "do not edit by hand. Values are fractions; mean over seeds, `mean ± std (n seeds)` where there are "
-        "several (sample std; CSV: `<method>/<metric>/std` and `/n_seeds` columns).",
-        "One table per metric (categories as rows, methods as columns); `ours (paper x)`: x is the number the "
-        "paper reports (anobench/results/paper_numbers.yaml, with sources); Patch SVDD's paper measures pixel "
-        "AUROC at 256×256, ours at ground-truth resolution. Per-metric plots: [report.html](report.html).",
-        "† = not trained with the paper's budget (smoke or reduced run): **not a paper reproduction**.",
-        "`[semi-supervised: …]` columns learned from labelled defect images (test_split: a few test images, "
-        "left out of that method's evaluation; synthetic: generator defects only) — not comparable with the "
-        "unsupervised columns.",
-        "Mean rows average categories; `(n/m)` = only n of m categories have a value. "
-        "Runs evaluated at model resolution (`evaluation.resolution=model`) are left out.",
-        "Heatmaps, curves and the provenance of every number: [report.html](report.html) (`anobench report`).",
-        "",
-    ]
-    for dataset, metric, methods, rows in metric_tables(board):
-        lines += [f"## {dataset}: {METRIC_TITLES[metric]}", "", "| category | " + " | ".join(methods) + " |",
-                  "|---|" + "---:|" * len(methods)]
-        for row, cells in rows:
-            name = f"**{row['category']}**" if row["kind"] == "mean" else row["category"]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## Runs", "", "| method | dataset | category | seed | status | budget | steps | device | git sha | finished | result |",
-              "|---|---|---|---:|---|---|---:|---|---|---|---|"]
-    for run in board.runs:
-        budget = run.get("budget", {})
-        device = run.get("device", {})
-        status = run["status"] if run["status"] == "ok" else f"failed: {(run.get('error') or {}).get('type', '?')}"
-        lines.append(
-            f"| {method_label(run)} | {run['dataset']} | {run['category']} | {run['seed']} | {status} | "
-            f"{budget.get('label', '?')} | {budget.get('global_step', '')} | {device.get('gpu') or device.get('cpu', '')} | "
-            f"{(run.get('git_sha') or '')[:12]} | {run.get('finished_at', '')} | `{run.get('_rel_path', run['_path'])}` |")
-    if board.warnings:
-        lines += ["", "## Skipped files", ""] + [f"- {w}" for w in board.warnings]
-    return "\n".join(lines) + "\n"
-
-
-def write_tables(results_dir: Path, results: list[dict[str, Any]], warnings: list[str]) -> Leaderboard:
-    """Write results_dir/leaderboard.{md,csv} (atomically) from result records read from results_dir;
-    `anobench.results.publish.write_leaderboard` takes the lock and adds report.html."""
-    for record in results:
-        record["_rel_path"] = str(Path(record["_path"]).relative_to(results_dir))
-    board = build_leaderboard(results, warnings=warnings)
-    atomic_write_text(results_dir / "leaderboard.csv", to_csv(board))
-    atomic_write_text(results_dir / "leaderboard.md", to_markdown(board, source="runs/"))
-    return board
-
-
-def print_leaderboard(board: Leaderboard, only: set[tuple] | None = None) -> None:
-    """Rich tables, one per dataset and metric (optionally only the rows of `only` (dataset, category)
-    keys, without mean rows: a run's own result, not a mean over categories it did not run)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    for dataset, metric, methods, rows in metric_tables(board, only=only):
-        table = Table(title=f"{dataset}: {METRIC_TITLES[metric]} († = not the paper's budget)")
-        table.add_column("category")
-        for method in methods:
-            table.add_column(method, justify="right")
-        for index, (row, cells) in enumerate(rows):
-            following = rows[index + 1][0] if index + 1 < len(rows) else None
-            table.add_row(row["category"], *cells,
-                          end_section=row["kind"] != "mean" and following is not None and following["kind"] == "mean")
-        console.print(table)
-    for warning in board.warnings:
-        Console(stderr=True).print(f"[yellow]skipped:[/] {warning}")
-
-
-def to_html(board: Leaderboard, row_link: Any = None, plots: dict[tuple[str, str], str] | None = None) -> str:
-    """The same per-metric tables as leaderboard.md, as HTML (for report.html); `row_link(dataset, category)`
-    gives a category's in-page anchor; `plots[(dataset, metric)]` a relative link to that metric's plot."""
-    import html
-
-    if not board.rows:
-        return "<p>No results at ground-truth resolution yet.</p>"
-    parts = []
-    for dataset, metric, methods, rows in metric_tables(board):
-        head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
-        parts.append(f"<h3>{html.escape(dataset)}: {METRIC_TITLES[metric]}</h3>")
-        parts.append(f"<table><tr><th class=name>category</th>{head}</tr>")
-        for row, cells in rows:
-            tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-            name = html.escape(row["category"])
-            if row["kind"] == "mean":
-                parts.append(f"<tr class=mean><td class=name>{name}</td>{tds}</tr>")
-            else:
-                if row_link is not None:
-                    name = f"<a href=\"#{row_link(dataset, row['category'])}\">{name}</a>"
-                parts.append(f"<tr><td class=name>{name}</td>{tds}</tr>")
-        parts.append("</table>")
-        plot = (plots or {}).get((dataset, metric))
-        if plot:
-            parts.append(f"<p><img class=plot src=\"{plot}\" alt=\"{html.escape(dataset)} "
-                         f"{METRIC_TITLES[metric]} per category and method\"></p>")
-    return "\n".join(parts)
-
-
-PLOTS_DIR = "plots"
-
-
-def write_metric_plots(board: Leaderboard, folder: Path) -> dict[tuple[str, str], Path]:
-    """One SVG per dataset and metric under folder/plots/: ours per category (bars, one per method) and the
-    paper's number (black ticks) where a paper reports one. Deterministic (fixed hash salt, no date)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written: dict[tuple[str, str], Path] = {}
-    for dataset, metric, methods, rows in metric_tables(board):
-        body = [row for row, _ in rows if row["kind"] != "mean"] + [row for row, _ in rows if row["category"] == "Mean"]
-        width = 0.8 / max(len(methods), 1)
-        with plt.rc_context({"svg.hashsalt": "anobench", "font.size": 8}):
-            fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(body) * max(1, len(methods)) ** 0.5 + 2), 3.0))
-            for j, method in enumerate(methods):
-                xs, ys, paper_xs, paper_ys = [], [], [], []
-                for i, row in enumerate(body):
-                    cell = row.get((method, metric))
-                    value = cell.get("mean") if isinstance(cell, dict) else (cell.mean if cell is not None else None)
-                    x = i - 0.4 + width * (j + 0.5)
-                    if value is not None:
-                        xs.append(x)
-                        ys.append(value)
-                    if row.get((method, metric, "paper")) is not None:
-                        paper_xs.append(x)
-                        paper_ys.append(row[(method, metric, "paper")])
-                ax.bar(xs, ys, width=width * 0.9, label=method)
-                if paper_xs:
-                    ax.scatter(paper_xs, paper_ys, marker="_", s=120, color="black", zorder=3,
-                               label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
-            ax.set_xticks(range(len(body)), [r["category"] for r in body], rotation=45, ha="right")
-            ax.set_ylim(0.0, 1.02)
-            ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
-            ax.set_ylabel(METRIC_TITLES[metric])
-            ax.set_title(f"{dataset}: {METRIC_TITLES[metric]} († runs are not the paper's budget)")
-            ax.legend(fontsize=6, loc="lower right")
-            fig.tight_layout()
-            buffer = io.StringIO()
-            fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
-            plt.close(fig)
-        path = folder / PLOTS_DIR / f"{dataset}_{metric}.svg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, buffer.getvalue())
-        written[(dataset, metric)] = path
-    return written

@@ -24,20 +24,20 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from anobench.config import VERB_ENV, config_dir
+from anobench.config import config_dir
 from anobench.errors import AnobenchError
 from anobench.io import folder_lock
-
-if TYPE_CHECKING:  # pragma: no cover
-    from anobench.tasks.bench import PlannedJob
+from anobench.results.record import RESULT_FILE, failure_info, now_iso, read_result, write_result
+from anobench.tasks import ddp
+from anobench.tasks.plan import WORKERS_LOCK, PlannedJob
+from anobench.tasks.train import train
 
 # Submitit parameters a method's `resources` block may set (names as in hydra-submitit-launcher).
 RESOURCE_KEYS = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb")
-WORKERS_LOCK = ".workers.lock"
 
 
 def is_launcher_override(arg: str) -> bool:
@@ -65,8 +65,6 @@ def quote(value: Any) -> str:
 
 
 def failed_record(cfg: DictConfig | None, error: BaseException, fallback: dict[str, Any]) -> dict[str, Any]:
-    from anobench.results.record import failure_info, now_iso
-
     record = dict(fallback)
     if cfg is not None:
         record.update(method=str(cfg.method.name), dataset=str(cfg.data.dataset), category=str(cfg.data.category),
@@ -82,34 +80,12 @@ def suite_job_task(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     suite_dir = Path(str(cfg.paths.results_dir))
     with contextlib.ExitStack() as stack:
-        if is_lightning_ddp(cfg):
-            stack.enter_context(_argv_of_train_job(list(HydraConfig.get().overrides.task)))
+        if ddp.ranks_started_by_lightning(cfg.trainer):
+            stack.enter_context(ddp.job_argv("train", list(HydraConfig.get().overrides.task)))
         return _run_suite_job(cfg, run_dir, suite_dir)
 
 
-@contextlib.contextmanager
-def _argv_of_train_job(overrides: list[str]) -> Iterator[None]:
-    """Lightning starts a DDP job's other ranks by re-running argv: make argv this job's train command."""
-    import os
-    import sys
-
-    saved_argv, saved_verb = sys.argv, os.environ.get(VERB_ENV)
-    sys.argv = [sys.argv[0], *overrides]
-    os.environ[VERB_ENV] = "train"
-    try:
-        yield
-    finally:
-        sys.argv = saved_argv
-        if saved_verb is None:
-            os.environ.pop(VERB_ENV, None)
-        else:
-            os.environ[VERB_ENV] = saved_verb
-
-
 def _run_suite_job(cfg: DictConfig, run_dir: Path, suite_dir: Path) -> dict[str, Any]:
-    from anobench.results.record import RESULT_FILE, read_result, write_result
-    from anobench.tasks.train import train
-
     # Held while the job runs: a re-run of the suite refuses to start (rather than move this folder aside
     # under it) while workers of a killed `anobench bench` are still finishing their job.
     with folder_lock(suite_dir, WORKERS_LOCK, exclusive=False, busy_message="suite workers lock busy"):
@@ -126,15 +102,6 @@ def _run_suite_job(cfg: DictConfig, run_dir: Path, suite_dir: Path) -> dict[str,
         print(f"finished: {cfg.method.name} {cfg.data.dataset}/{cfg.data.category} seed {cfg.seed}: "
               f"{record.get('status')} ({run_dir})", flush=True)
     return record
-
-
-def is_lightning_ddp(cfg: DictConfig) -> bool:
-    """A DDP trainer whose extra processes Lightning starts itself (not SLURM: there srun starts them)."""
-    import os
-
-    from anobench.tasks.train import uses_ddp
-
-    return uses_ddp(cfg.trainer) and "SLURM_NTASKS" not in os.environ
 
 
 def job_overrides(item: PlannedJob, suite_dir: Path) -> list[str]:
@@ -221,8 +188,6 @@ def launch(todo: Sequence[PlannedJob], suite_dir: Path, overrides: Sequence[str]
 def _record_of(item: PlannedJob, suite_dir: Path, outcome: Any) -> dict[str, Any]:
     """The job's result.json; if the job left none (killed, never started), a failed one saying why."""
     from hydra.core.utils import JobStatus
-
-    from anobench.results.record import RESULT_FILE, read_result, write_result
 
     path = item.run_dir / RESULT_FILE
     if path.is_file():

@@ -18,9 +18,11 @@ from urllib.parse import quote
 import yaml
 
 from anobench.io import atomic_write_text
-from anobench.results.leaderboard import Leaderboard, _fmt, build_leaderboard, collect_results, to_html, write_metric_plots
+from anobench.results.leaderboard import Leaderboard, build_leaderboard, collect_results
+from anobench.results.render import format_value, to_html
 from anobench.results.record import METRIC_KEYS, now_iso
 from anobench.visualize.figures import CURVES_FILE, FIGURES_DIR, MANIFEST_FILE, PANELS_DIR
+from anobench.visualize.plots import write_metric_plots
 
 REPORT_FILE = "report.html"
 
@@ -74,7 +76,7 @@ def run_figures(run_dir: Path) -> tuple[list[dict[str, Any]], Path | None, dict[
 
 
 def _leaderboard_html(board: Leaderboard, base: Path) -> str:
-    """The per-metric tables (results/leaderboard.py writes them, as for leaderboard.md) and a plot per metric."""
+    """The per-metric tables (results/render.py renders them, as for leaderboard.md) and a plot per metric."""
     plots = {key: _href(path, base) for key, path in write_metric_plots(board, base).items()}
     return to_html(board, row_link=_anchor, plots=plots)
 
@@ -116,7 +118,7 @@ def _run_html(record: dict[str, Any], base: Path) -> str:
     run_dir = result_path.parent
     ok = record.get("status") == "ok"
     metrics = record.get("metrics") or {}
-    values = ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in METRIC_KEYS if k in metrics)
+    values = ", ".join(f"{k} {format_value(metrics.get(k))}" for k in METRIC_KEYS if k in metrics)
     label = (record.get("budget") or {}).get("label", "unknown")
     title = (f"{_e(record.get('method'))} &middot; seed {_e(record.get('seed'))} &middot; {_e(record.get('task'))}"
              f" &middot; budget {_e(label)}")

@@ -128,6 +128,21 @@ def test_train_indices_only_keeps_the_batches_without_pixels(syn_root: Path) -> 
         _dm(syn_root, augment={"hflip": True}).train_indices_only()
 
 
+def test_the_interface_a_method_uses_beyond_batches(syn_root: Path) -> None:
+    """Declared in __init__ (nothing to probe for), the training set as one tensor, the identity a cache keys on."""
+    dm = _dm(syn_root)
+    assert dm.train_exclude == frozenset() and dm.indices_only is False and dm.augment == {}
+    images = dm.training_images()
+    assert images.shape == (5, 3, 32, 32) and images.dtype == torch.float32
+    assert torch.equal(images, torch.cat([b["image"] for b in dm.inference_train_dataloader()]))
+    assert dm.training_images() is not images  # a new tensor per call: the caller may change it in place
+    assert dm.identity == ("synthetic", "tablet", str(syn_root), 32)
+    assert dm.identity.key() == f"synthetic:tablet:{syn_root}:32"
+    dm.exclude_from_training([1, 3])
+    dm.exclude_from_training([])  # undone: every training image again
+    assert sorted(torch.cat([b["index"] for b in dm.train_dataloader()]).tolist()) == list(range(5))
+
+
 def test_synthetic_generated_on_setup(tmp_path: Path) -> None:
     dm = _dm(tmp_path / "fresh", category="weave",
              synthetic=dict(seed=0, image_size=48, n_train=2, n_test_good=1, n_test_per_defect=1))

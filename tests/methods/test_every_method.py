@@ -16,36 +16,14 @@ from hydra import compose, initialize_config_dir
 
 from anobench.config import config_dir
 from anobench.methods import AnomalyOutput, get_method, list_methods
-from anobench.tasks.train import build_run, build_trainer
-
-TINY = [
-    "trainer=smoke",
-    "data=synthetic/washer",
-    "method.input.batch_size=4",
-    "method.input.eval_batch_size=4",
-    "data.synthetic.n_train=6",
-    "data.synthetic.n_test_good=3",
-    "data.synthetic.n_test_per_defect=1",
-]
-
-
-# Uninformed Students distils its default (efficientnet_lite0) teacher: 2 steps keep the contract test fast
-PER_METHOD = {"uninformed_students": ["method.module.teacher.steps=2", "method.module.teacher.batch_size=4"]}
+from fitting import fit_and_test_config, tiny_overrides
 
 
 def _compose(method: str, tmp_path, extra: list[str] = ()):
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name="train", overrides=[
-            f"method={method}", *TINY, *PER_METHOD.get(method, []), f"paths.data_dir={tmp_path / 'data'}",
+            *tiny_overrides(method), "data=synthetic/washer", f"paths.data_dir={tmp_path / 'data'}",
             f"paths.results_dir={tmp_path / 'results'}", *extra])
-
-
-def _fit_and_test(cfg, run_dir):
-    datamodule, module = build_run(cfg)
-    trainer = build_trainer(cfg.trainer, run_dir, enable_progress_bar=False, logger=False)
-    trainer.fit(module, datamodule=datamodule)
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    return trainer, datamodule, module
 
 
 def _maps(module, datamodule) -> list[np.ndarray]:
@@ -61,11 +39,12 @@ def _maps(module, datamodule) -> list[np.ndarray]:
 @pytest.mark.parametrize("name", list_methods())
 def test_method_fits_tests_and_reloads(name, tmp_path):
     cfg = _compose(name, tmp_path)
-    trainer, datamodule, module = _fit_and_test(cfg, tmp_path / "run")
-    results = module.test_results
-    assert set(results["metrics"]) >= {"image_auroc", "pixel_auroc", "pro", "image_auroc_map_max"}
-    assert all(0.0 <= v <= 1.0 for v in results["metrics"].values()), results["metrics"]
-    assert results["n_images"] == len(datamodule.test_samples) - len(results.get("excluded_test_indices", []))
+    fitted = fit_and_test_config(cfg, tmp_path / "run")
+    trainer, datamodule, module, metrics = fitted.trainer, fitted.datamodule, fitted.module, fitted.metrics
+    evaluation = fitted.outcome.evaluation_record()  # result.json's "evaluation" block
+    assert set(metrics) >= {"image_auroc", "pixel_auroc", "pro", "image_auroc_map_max"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values()), metrics
+    assert evaluation["n_images"] == len(datamodule.test_samples) - len(evaluation.get("excluded_test_indices", []))
 
     # output contract on one batch
     module.eval()
@@ -92,8 +71,7 @@ def test_method_is_deterministic_for_a_seed(name, tmp_path):
     metrics = []
     for attempt in range(2):
         cfg = _compose(name, tmp_path, ["seed=3"])
-        _, _, module = _fit_and_test(cfg, tmp_path / f"run{attempt}")
-        metrics.append(module.test_results["metrics"])
+        metrics.append(fit_and_test_config(cfg, tmp_path / f"run{attempt}").metrics)
     for key in ("image_auroc", "pixel_auroc", "pro"):
         a, b = metrics[0][key], metrics[1][key]
         assert (math.isnan(a) and math.isnan(b)) or a == b, (key, a, b)

@@ -13,7 +13,7 @@ from torch import nn
 from anobench.methods import get_method
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.gradcon import GradCon, GradConModel, gradient_cosine
-from fitting import quiet_trainer
+from fitting import fit_and_test, quiet_trainer, synthetic_datamodule
 
 SMALL = (8, 8, 16, 16)  # narrow widths for fast mechanism tests; same layer types as the paper's
 
@@ -218,25 +218,32 @@ def _reconstruction_mse(module: GradCon, images: torch.Tensor) -> float:
         return F.mse_loss(module.model.reconstruct(images), images).item()
 
 
-def _fit_and_test(tmp_path, category: str, seed: int, max_steps: int, image_size: int) -> GradCon:
-    from anobench.data import AnomalyDataModule
+class _ReconstructionDrop(L.Callback):
+    """Records the training images' reconstruction MSE when the fit starts and when it ends."""
 
-    L.seed_everything(seed, verbose=False)
-    datamodule = AnomalyDataModule(dataset="synthetic", category=category, root=str(tmp_path),
-                                   image_size=image_size, train_batch_size=8, eval_batch_size=8,
-                                   train_repeats=100, seed=seed,
-                                   synthetic=dict(n_train=12, n_test_good=8, n_test_per_defect=4))
-    module = GradCon()  # paper widths, β = 0.03, score weight 0.12, Adam 1e-3
-    trainer = quiet_trainer(max_steps)
-    train_images = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()])
-    before = _reconstruction_mse(module, train_images)
-    trainer.fit(module, datamodule=datamodule)
-    assert trainer.global_step == max_steps == module.model.reference_count.item()
-    module.reconstruction_drop = before / _reconstruction_mse(module, train_images)
+    def __init__(self) -> None:
+        self.mse: dict[str, float] = {}
+
+    def on_fit_start(self, trainer, module):
+        self.mse["before"] = _reconstruction_mse(module, trainer.datamodule.training_images())
+
+    def on_fit_end(self, trainer, module):
+        self.mse["after"] = _reconstruction_mse(module, trainer.datamodule.training_images())
+
+    @property
+    def drop(self) -> float:
+        return self.mse["before"] / self.mse["after"]
+
+
+def _fitted_with_mse_drop(tmp_path, category: str, seed: int, max_steps: int, image_size: int):
+    """Fit + test (paper widths, β = 0.03, score weight 0.12, Adam 1e-3); returns it and the MSE drop."""
+    datamodule = synthetic_datamodule(tmp_path, category, image_size=image_size, train_repeats=100, seed=seed)
+    reconstruction = _ReconstructionDrop()
+    fitted = fit_and_test(GradCon, datamodule, max_steps=max_steps, seed=seed, callbacks=[reconstruction])
+    assert max_steps == fitted.module.model.reference_count.item()
     for key in ("loss", "recon_loss", "grad_loss"):
-        assert torch.isfinite(trainer.callback_metrics[f"train/{key}"])
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    return module
+        assert torch.isfinite(fitted.fit.logged[f"train/{key}"])
+    return fitted, reconstruction.drop
 
 
 @pytest.mark.slow
@@ -253,7 +260,7 @@ def test_gradcon_detects_on_synthetic(tmp_path):
     120 steps: 0.50 / 0.76 / 0.68; seed 0 at 200 steps: 0.27) because the cosine term, which
     dominates at weight 0.12, can rank defective images as *more* consistent (README).
     """
-    metrics = _fit_and_test(tmp_path, "washer", seed=0, max_steps=40, image_size=128).test_results["metrics"]
+    metrics = _fitted_with_mse_drop(tmp_path, "washer", seed=0, max_steps=40, image_size=128)[0].metrics
     assert metrics["image_auroc"] >= 0.62, metrics
 
 
@@ -264,28 +271,27 @@ def test_gradcon_reconstruction_map_learns_to_localise(tmp_path):
     the map of an unlearnt autoencoder highlights the object's outline); training-image MSE falls
     5.2 / 2.7 / 2.9× (1.3–1.5× after 40 steps). Thresholds: pixel AUROC ≥ 0.60, MSE drop ≥ 2×.
     """
-    module = _fit_and_test(tmp_path, "washer", seed=0, max_steps=120, image_size=128)
-    metrics = module.test_results["metrics"]
+    fitted, reconstruction_drop = _fitted_with_mse_drop(tmp_path, "washer", seed=0, max_steps=120, image_size=128)
+    metrics = fitted.metrics
     assert metrics["pixel_auroc"] >= 0.60, metrics
-    assert module.reconstruction_drop >= 2.0, module.reconstruction_drop
+    assert reconstruction_drop >= 2.0, reconstruction_drop
 
 
 def test_result_records_each_score_part_with_its_own_image_auroc():
     """evaluation.score_parts: the MSE and the −cos term evaluated alone (README "Score parts")."""
-    from types import SimpleNamespace
-
     import numpy as np
 
+    from anobench.methods.base import TestPredictions
+
     module = GradCon(channels=(4, 4, 4, 4), score_grad_weight=0.12)
-    labels = [0, 0, 1, 1]
-    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(
-        test_samples=[SimpleNamespace(label=label) for label in labels]))
+    labels = np.array([0, 0, 1, 1])
     mse = np.array([0.01, 0.02, 0.03, 0.04])  # separates perfectly
     cos = np.array([0.1, 0.2, 0.3, 0.4])      # −cos ranks the anomalies lowest
     parts = np.stack([mse, cos], axis=1)
     scores = mse - 0.12 * cos
     np.testing.assert_array_equal(module.finalize_test_scores(scores, parts), scores)
-    recorded = module.extra_test_results()["score_parts"]
+    predictions = TestPredictions(maps=[np.zeros((2, 2))] * 4, scores=scores, score_parts=parts, labels=labels)
+    recorded = module.extra_test_results(predictions)["score_parts"]
     assert recorded["reconstruction_mse"]["image_auroc"] == 1.0
     assert recorded["gradient_neg_cos"]["image_auroc"] == 0.0
     assert recorded["score_grad_weight"] == 0.12

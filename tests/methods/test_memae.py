@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from anobench.methods.memae import MemAE, MemAEModel, MemoryModule, addressing_entropy, dead_fraction, hard_shrink_relu
-from fitting import fit_and_test
+from fitting import fit_and_test, synthetic_datamodule
 
 
 def test_hard_shrinkage_zeroes_weights_below_threshold_and_keeps_the_rest():
@@ -112,14 +112,14 @@ def test_memae_learns_on_synthetic(tmp_path):
     (The map's max scores 0.34–0.41 here: the tablet outline's pose varies, so the largest residual is
     on the outline, not the defect — why the paper's mean is the score.)
     """
-    module, _, datamodule = fit_and_test(
+    fitted = fit_and_test(
         lambda: MemAE(channels=(32, 64, 128, 128), optimizer=lambda p: torch.optim.Adam(p, lr=1e-3)),
-        tmp_path, "tablet", image_size=128, max_steps=150, seed=0)
-    metrics = module.test_results["metrics"]
+        synthetic_datamodule(tmp_path, "tablet", image_size=128), max_steps=150, seed=0)
+    module, metrics = fitted.module, fitted.metrics
     assert metrics["image_auroc"] >= 0.60, metrics
     assert metrics["pixel_auroc"] >= 0.86, metrics
     # the addressing stayed live: (almost) every code position of the training images reads some memory item
-    train = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()])
+    train = fitted.datamodule.training_images()
     with torch.no_grad():
         weights = module.model.eval().reconstruct(train)[2]
     assert dead_fraction(weights).item() <= 0.02

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from anobench.methods.mnad import MNAD, MNADModel, feature_losses, min_max, point_score, updated_memory
-from fitting import fit_and_test
+from fitting import fit_and_test, synthetic_datamodule
 
 
 def _update_by_loops(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -116,10 +116,9 @@ def test_mnad_learns_on_synthetic(tmp_path):
     0.594 / 0.719 / 0.820, pixel AUROC 0.824 / 0.788 / 0.813. Thresholds 0.55 and 0.74 sit below the
     lowest seed; chance is 0.5.
     """
-    module, _, _ = fit_and_test(
+    metrics = fit_and_test(
         lambda: MNAD(width=8, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3)),
-        tmp_path, "washer", image_size=128, max_steps=80, seed=0, batch_size=4)
-    metrics = module.test_results["metrics"]
+        synthetic_datamodule(tmp_path, "washer", image_size=128, batch_size=4), max_steps=80, seed=0).metrics
     assert metrics["image_auroc"] >= 0.55, metrics
     assert metrics["pixel_auroc"] >= 0.74, metrics
 

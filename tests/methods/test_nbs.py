@@ -3,7 +3,6 @@ labelled images never reach the evaluation, inference from the checkpoint state,
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 
@@ -12,9 +11,7 @@ from anobench.methods import get_method
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.nbs import LossProfileBuffer, NBSModel, NeuralBatchSampling, select_from_test_split
 from anobench.methods.nbs.labelled import build_labelled_set, render_on_train_images
-from fitting import quiet_trainer
-
-_SYNTHETIC = dict(n_train=12, n_test_good=8, n_test_per_defect=4)  # 12 train, 8 good + 16 defective test
+from fitting import SMALL_SYNTHETIC, fit_and_test, quiet_trainer, synthetic_datamodule
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +21,20 @@ def data_root(tmp_path_factory):
 
 
 def _datamodule(root, category: str = "washer", seed: int = 0, **synthetic) -> AnomalyDataModule:
-    return AnomalyDataModule(
-        dataset="synthetic", category=category, root=str(root), image_size=128, train_batch_size=8,
-        eval_batch_size=16, train_repeats=100, seed=seed, synthetic={**_SYNTHETIC, **synthetic},
-    )
+    """128 px, batch 8; SMALL_SYNTHETIC (12 train, 8 good + 16 defective test) unless `synthetic` says otherwise."""
+    return synthetic_datamodule(root, category, image_size=128, batch_size=8, eval_batch_size=16, train_repeats=100,
+                                seed=seed, synthetic={**SMALL_SYNTHETIC, **synthetic})
+
+
+class _PreferLocation(torch.nn.Module):
+    """A stand-in policy whose logits put all the mass on one location, for every state."""
+
+    def __init__(self, n_locations: int, location: int) -> None:
+        super().__init__()
+        self.logits = torch.full((n_locations,), -1e4).index_fill_(0, torch.tensor([location]), 1e4)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(state.shape[0], -1)
 
 
 # --- loss-profile buffer ----------------------------------------------------------------------------
@@ -81,12 +88,12 @@ def test_sampler_choices_are_the_ae_batch():
     assert n == 3  # 32 px patches every 16 px
 
     def batch_with_policy_preferring(location: int) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = torch.full((n * n,), -1e4).index_fill_(0, torch.tensor([location]), 1e4)
-        model.policy.forward = lambda state: logits.expand(state.shape[0], -1)  # instance override
+        learned = model.policy
+        model.policy = _PreferLocation(n * n, location)
         try:
             return module.ae_batch(images)
         finally:
-            del model.policy.forward
+            model.policy = learned
 
     patches_a, loc_a = batch_with_policy_preferring(0)
     patches_b, loc_b = batch_with_policy_preferring(n * n - 1)
@@ -162,30 +169,19 @@ def test_generator_defects_on_real_images_change_only_the_masked_pixels():
 
 def test_labelled_images_never_appear_in_the_evaluated_set(data_root, tmp_path):
     datamodule = _datamodule(data_root)
-    module = NeuralBatchSampling(labelled_k=1, labelled_normal=2)
-    trainer = quiet_trainer(4)
-    trainer.fit(module, datamodule=datamodule)
-    seen: list[int] = []
-    import anobench.metrics as metrics
-
-    real = metrics.evaluate_category
-
-    def spy(**kwargs):
-        seen.append(len(kwargs["anomaly_maps"]))
-        return real(**kwargs)
-
-    metrics.evaluate_category = spy
-    try:
-        trainer.test(module, datamodule=datamodule, verbose=False)
-    finally:
-        metrics.evaluate_category = real
-    excluded = module.test_results["excluded_test_indices"]
+    fitted = fit_and_test(lambda: NeuralBatchSampling(labelled_k=1, labelled_normal=2), datamodule, max_steps=4)
+    module, outcome = fitted.module, fitted.outcome
+    record = outcome.evaluation_record()  # result.json's "evaluation" block
+    excluded = record["excluded_test_indices"]
     n_total = len(datamodule.test_samples)
     assert len(excluded) == 4 + 2  # one per defect type + two good
-    assert seen == [n_total - 6] and module.test_results["n_images"] == n_total - 6
-    labelled = module.test_results["labelled_set"]
+    # what the evaluator was given: exactly the other test images' maps (and what it reports having scored)
+    assert outcome.indices == [i for i in range(n_total) if i not in excluded]
+    assert len(outcome.maps) == len(outcome.scores) == n_total - 6 and record["n_images"] == n_total - 6
+    assert record["n_test_images_total"] == n_total
+    labelled = record["labelled_set"]
     assert labelled["source"] == "test_split" and labelled["test_indices"] == excluded
-    assert module.test_results["supervision"] == "semi_supervised"
+    assert record["supervision"] == "semi_supervised"
     # the predictor did learn from exactly those rows
     assert module._labelled_rows.tolist() == excluded
 
@@ -234,14 +230,9 @@ def test_nbs_learns_on_synthetic(data_root, tmp_path):
     0.887 / 0.899 / 0.867, image AUROC (mean of the map's top 5 %) 0.708 / 0.778 / 0.556; chance = 0.5.
     Thresholds sit below the lowest seed: pixel >= 0.82, image >= 0.53.
     """
-    L.seed_everything(0)
-    datamodule = _datamodule(data_root, seed=0)
-    module = NeuralBatchSampling()
-    trainer = quiet_trainer(200)
-    trainer.fit(module, datamodule=datamodule)
-    assert torch.isfinite(trainer.callback_metrics["train/reward"])  # the sampler got rewards
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics = module.test_results["metrics"]
+    fitted = fit_and_test(NeuralBatchSampling, _datamodule(data_root, seed=0), max_steps=200, seed=0)
+    assert torch.isfinite(fitted.fit.logged["train/reward"])  # the sampler got rewards
+    metrics = fitted.metrics
     assert metrics["pixel_auroc"] >= 0.82, metrics
     assert metrics["image_auroc"] >= 0.53, metrics
 

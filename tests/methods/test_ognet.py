@@ -22,10 +22,9 @@ from anobench.methods.components.gan import (
 )
 from anobench.methods.components.scoring import gaussian_blur
 from anobench.methods.ognet import OGNet, OGNetModel, resolve_schedule
-from fitting import quiet_trainer
+from fitting import SMALL_SYNTHETIC, fit_and_test, quiet_trainer, synthetic_datamodule
 
 _SMALL = dict(generator_channels=(8, 16, 16, 32), discriminator_channels=(8, 16, 16, 32))
-_SYNTHETIC = dict(n_train=12, n_test_good=8, n_test_per_defect=4)
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -38,11 +37,9 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def _datamodule(tmp_path, category: str = "washer", seed: int = 0, batch: int = 8, size: int = 64,
                 n_train: int = 12):
-    from anobench.data import AnomalyDataModule
-
-    return AnomalyDataModule(dataset="synthetic", category=category, root=str(tmp_path), image_size=size,
-                             train_batch_size=batch, eval_batch_size=16, train_repeats=max(1, 600 // n_train),
-                             seed=seed, synthetic={**_SYNTHETIC, "n_train": n_train})
+    return synthetic_datamodule(tmp_path, category, image_size=size, batch_size=batch, eval_batch_size=16,
+                                train_repeats=max(1, 600 // n_train), seed=seed,
+                                synthetic={**SMALL_SYNTHETIC, "n_train": n_train})
 
 
 # --- GAN plumbing (components/gan.py) -------------------------------------------------------------
@@ -239,28 +236,37 @@ def test_pixel_map_is_standardised_with_training_statistics():
 
 
 # --- learning on synthetic data -------------------------------------------------------------------
-def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: int = 600, n_train: int = 100,
+class _InitialReconstruction(L.Callback):
+    """Records the training images (in [-1, 1]) and G's reconstruction MSE of them as the fit starts (G in eval
+    mode). Loaded here, after the module is built: iterating a loader draws a seed from the global RNG, and the
+    measured values below come from that order (module, images, fit)."""
+
+    def __init__(self) -> None:
+        self.train, self.mse = torch.empty(0), float("nan")
+
+    def on_fit_start(self, trainer, module):
+        self.train = trainer.datamodule.training_images() * 2 - 1
+        with torch.no_grad():
+            self.mse = F.mse_loss(module.model.generator.eval()(self.train), self.train).item()
+
+
+def _learned_metrics(tmp_path, category: str = "washer", seed: int = 0, max_steps: int = 600, n_train: int = 100,
                  **kwargs) -> dict[str, float]:
     """Fit + test; besides the evaluator's metrics, what the two phases learned on the training images."""
-    L.seed_everything(seed)
-    module = OGNet(**kwargs)
-    datamodule = _datamodule(tmp_path, category, seed, n_train=n_train)
-    train = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()]) * 2 - 1
-    with torch.no_grad():
-        initial_mse = F.mse_loss(module.model.generator.eval()(train), train).item()
-    trainer = quiet_trainer(max_steps)
-    trainer.fit(module, datamodule=datamodule)
-    assert trainer.global_step == max_steps and int(module.model.g_old_step) == module.schedule.g_old_step
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    initial = _InitialReconstruction()
+    fitted = fit_and_test(lambda: OGNet(**kwargs), _datamodule(tmp_path, category, seed, n_train=n_train),
+                          max_steps=max_steps, seed=seed, callbacks=[initial])
+    module, train = fitted.module, initial.train
+    assert int(module.model.g_old_step) == module.schedule.g_old_step
     module.eval()
     with torch.no_grad():
         examples = module.phase_two_examples(train)
         logits = {k: module.model.discriminator(v) for k, v in examples.items()}
         good = torch.cat([logits["real"], logits["reconstruction"]]) > 0
         bad = torch.cat([logits["old"], logits["pseudo"]]) < 0
-        metrics = dict(module.test_results["metrics"])
+        metrics = dict(fitted.metrics)
         metrics["d_phase_two_accuracy"] = torch.cat([good, bad]).float().mean().item()
-        metrics["reconstruction_mse_ratio"] = F.mse_loss(examples["reconstruction"], train).item() / initial_mse
+        metrics["reconstruction_mse_ratio"] = F.mse_loss(examples["reconstruction"], train).item() / initial.mse
         # the paper score on the normal training images vs the same images half replaced by uniform noise
         # (model input is [0, 1]): far off the training distribution, so a correct sign ranks them higher
         normal = (train + 1) / 2
@@ -286,7 +292,7 @@ def test_ognet_learns_on_synthetic(tmp_path, one_torch_thread):
     and 0.484 for seed 0 on an Intel Xeon: at chance, so it is not asserted (it cannot tell a flipped sign
     from a weak D). The sign is checked on images half replaced by noise instead (noise_image_auroc).
     """
-    metrics = fit_and_test(tmp_path, lambda_reconstruction=10.0)
+    metrics = _learned_metrics(tmp_path, lambda_reconstruction=10.0)
     assert metrics["d_phase_two_accuracy"] >= 0.9, metrics
     assert metrics["pixel_auroc"] >= 0.70, metrics
     assert metrics["noise_image_auroc"] >= 0.9, metrics

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from anobench.errors import ConfigError
 from anobench.methods import get_method
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.patch_svdd import EncoderHier, EncoderSmall, PatchSVDD, PatchSVDDModel, PositionClassifier
-from anobench.methods.patch_svdd.nearest import nearest_distances, subsample_bank
+from anobench.methods.patch_svdd.nearest import (
+    NearestNeighbourIndex,
+    NearestNeighbourSettings,
+    nearest_distances,
+    subsample_bank,
+)
 from anobench.methods.patch_svdd.sampling import (
     POS_TO_DIFF,
     crop_patches,
@@ -19,7 +26,7 @@ from anobench.methods.patch_svdd.sampling import (
     sample_svdd_pairs,
 )
 from anobench.methods.patch_svdd.torch_model import distribute_scores
-from fitting import SMALL_SYNTHETIC, quiet_trainer
+from fitting import SMALL_SYNTHETIC, FitRecord, fit_and_test, quiet_trainer, synthetic_datamodule
 
 
 def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
@@ -248,7 +255,43 @@ def test_small_image_is_refused_with_its_size():
 def test_registered_and_constructor():
     assert get_method("patch_svdd") is PatchSVDD
     module = PatchSVDD(embedding_dim=32, lambda_svdd=1e-3, bank_subsample=0.5, nn_chunk_size=128)
-    assert module.model.D == 32 and module.model.nn_chunk_size == 128
+    assert module.model.D == 32 and module.model.nearest.chunk_size == 128
+    assert module.model.nearest is module.nearest  # one settings object, built once from the nn_* keys
+
+
+def test_nearest_neighbour_settings_are_validated_once_naming_the_config_key():
+    """The seven nn_* keys become one frozen NearestNeighbourSettings; a bad value stops the constructor
+    with a ConfigError naming its key (no search is ever built with it)."""
+    import dataclasses
+
+    for key, value, match in (("nn_search", "kdtree", "method.module.nn_search='kdtree'"),
+                              ("nn_nlist", 0, "method.module.nn_nlist=0"),
+                              ("nn_nprobe", 0, "method.module.nn_nprobe=0"),
+                              ("nn_hnsw_m", 1, "method.module.nn_hnsw_m=1"),
+                              ("nn_ef_construction", 0, "method.module.nn_ef_construction=0"),
+                              ("nn_ef_search", 0, "method.module.nn_ef_search=0"),
+                              ("nn_chunk_size", 0, "method.module.nn_chunk_size=0"),
+                              ("nn_nprobe", 2.5, "method.module.nn_nprobe=2.5")):
+        with pytest.raises(ConfigError, match=re.escape(match)):
+            PatchSVDD(**{key: value})
+    settings = PatchSVDD(nn_search="ivf", nn_nlist=16, nn_nprobe=4).nearest
+    assert settings == NearestNeighbourSettings("ivf", nlist=16, nprobe=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.search = "exact"
+    # the record: every key result.json's evaluation.nearest_neighbour held before the settings object
+    assert settings.as_record(bank_rows={"k64": 2, "k32": 3}, on_cuda=False) == {
+        "search": "ivf", "library": "faiss-cpu", "approximate": True, "centred": True, "bank_subsample": None,
+        "bank_rows": {"k64": 2, "k32": 3}, "nlist": 16, "nprobe": 4}
+    exact = NearestNeighbourSettings().as_record(bank_rows={"k64": 1, "k32": 1}, on_cuda=True, bank_subsample=0.5)
+    assert exact["library"] == "torch" and exact["approximate"] is True and exact["bank_subsample"] == 0.5
+    assert "nlist" not in exact and "hnsw_m" not in exact
+
+
+def test_fit_without_an_anomaly_datamodule_is_one_error_naming_the_method():
+    """A method reaches the data through AnomalyModule.data(): plain loaders are refused up front."""
+    loader = torch.utils.data.DataLoader([{"image": torch.rand(3, 192, 192), "index": 0}], batch_size=1)
+    with pytest.raises(RuntimeError, match="method patch_svdd .*datamodule=AnomalyDataModule"):
+        quiet_trainer(1).fit(PatchSVDD(), train_dataloaders=loader)
 
 
 def test_output_shapes_and_score_is_map_max():
@@ -311,51 +354,31 @@ def test_augmented_training_uses_the_image_batches(tmp_path):
         train_repeats=2, augment={"hflip": True}, synthetic=dict(SMALL_SYNTHETIC, image_size=192),
     )
     module = PatchSVDD()
-    seen: list[set] = []
-    module.on_train_batch_start = lambda batch, batch_idx: seen.append(set(batch))
-    quiet_trainer(2).fit(module, datamodule=datamodule)
-    assert seen == [{"image", "index"}] * 2 and datamodule.train_images
+    record = FitRecord()
+    quiet_trainer(2, [record]).fit(module, datamodule=datamodule)
+    assert record.batch_keys == [{"image", "index"}] * 2 and not datamodule.indices_only
 
 
 # --- end to end on synthetic data (Lightning fit + test + evaluator) ----------------------------
 
 
-def _fit_and_test(tmp_path, category: str, max_steps: int) -> PatchSVDD:
-    import lightning as L
-
-    from anobench.data import AnomalyDataModule
-
-    L.seed_everything(0)
-    datamodule = AnomalyDataModule(
-        dataset="synthetic",
-        category=category,
-        root=str(tmp_path),
-        image_size=256,  # K=64's position task needs >= 190 px; the paper uses 256
-        train_batch_size=8,
-        eval_batch_size=8,
-        train_repeats=100,
-        synthetic=SMALL_SYNTHETIC,  # 12 train, 8 good + 16 defective test
-    )
-    module = PatchSVDD()
-    trainer = quiet_trainer(max_steps)
-    initial = [p.detach().clone() for p in module.model.parameters()]
-    seen: list[set] = []
-    module.on_train_batch_start = lambda batch, batch_idx: seen.append(set(batch))
-    trainer.fit(module, datamodule=datamodule)
+def _fitted(tmp_path, category: str, max_steps: int):
+    # K=64's position task needs >= 190 px; the paper uses 256. SMALL_SYNTHETIC: 12 train, 8 good + 16 defective test
+    datamodule = synthetic_datamodule(tmp_path, category, image_size=256, train_repeats=100)
+    fitted = fit_and_test(PatchSVDD, datamodule, max_steps=max_steps)
+    module, record = fitted.module, fitted.fit
     # trained from its own normalised copy of the training set: the loader sent indices, not images;
     # at fit end the copy is freed and the datamodule sends images again
-    assert seen == [{"index"}] * max_steps
-    assert module._train_set is None and datamodule.train_images
+    assert record.batch_keys == [{"index"}] * max_steps
+    assert module._train_set is None and not datamodule.indices_only
     # the fit really trained, logged finite losses and fitted the official normalisation mean
-    assert trainer.global_step == max_steps
-    assert any(not torch.equal(a, b) for a, b in zip(initial, module.model.parameters()))
+    assert record.changed(module, "model.")
     for key in ("loss", "loss_pos_64", "loss_pos_32", "loss_svdd_64", "loss_svdd_32"):
-        assert torch.isfinite(trainer.callback_metrics[f"train/{key}"])
-    train_images = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()])
+        assert torch.isfinite(record.logged[f"train/{key}"])
+    train_images = datamodule.training_images()
     torch.testing.assert_close(module.model.mean_image, train_images.mean(dim=0))
-    trainer.test(module, datamodule=datamodule, verbose=False)
     assert module.model.bank_32.shape[0] == len(train_images) * 57 * 57
-    return module
+    return fitted
 
 
 @pytest.mark.slow
@@ -371,7 +394,7 @@ def test_patch_svdd_learns_on_synthetic(tmp_path):
     fusion and the shared evaluator — well above chance (0.5); `test_loss_decreases_on_fixed_batch`
     checks that the optimisation itself learns. Thresholds sit below the lowest measured seed.
     """
-    metrics = _fit_and_test(tmp_path, "washer", max_steps=40).test_results["metrics"]
+    metrics = _fitted(tmp_path, "washer", max_steps=40).metrics
     assert metrics["image_auroc"] >= 0.60, metrics
     assert metrics["pixel_auroc"] >= 0.78, metrics
 
@@ -382,7 +405,7 @@ def test_patch_svdd_localizes_on_second_synthetic_object(tmp_path):
     is below chance (0.27–0.38): the map's maximum falls on the object outline, whose pose varies
     between images, more than on the defects — a known weakness of max-of-map scoring with only 12
     training images, so only the pixel level is checked here."""
-    metrics = _fit_and_test(tmp_path, "tablet", max_steps=40).test_results["metrics"]
+    metrics = _fitted(tmp_path, "tablet", max_steps=40).metrics
     assert metrics["pixel_auroc"] >= 0.80, metrics
 
 
@@ -395,49 +418,41 @@ def _bank_and_queries(seed: int = 0):
 
 
 def test_faiss_exact_equals_brute_force_cdist():
-    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
-
     bank, queries = _bank_and_queries()
     ref = torch.cdist(queries, bank, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1)
-    dist, index = NearestNeighbourIndex(bank, "exact").query(queries, return_index=True)
+    dist, index = NearestNeighbourIndex(bank, NearestNeighbourSettings("exact")).query(queries, return_index=True)
     torch.testing.assert_close(dist, ref.values, atol=1e-5, rtol=1e-5)
     assert (index == ref.indices).float().mean() > 0.99
 
 
 def test_faiss_ivf_is_close_and_never_below_exact():
-    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
-
     bank, queries = _bank_and_queries()
-    exact = NearestNeighbourIndex(bank, "exact").query(queries)
-    ivf = NearestNeighbourIndex(bank, "ivf", nlist=16, nprobe=4).query(queries)
+    exact = NearestNeighbourIndex(bank, NearestNeighbourSettings("exact")).query(queries)
+    ivf = NearestNeighbourIndex(bank, NearestNeighbourSettings("ivf", nlist=16, nprobe=4)).query(queries)
     assert (ivf >= exact - 1e-5).all()
     assert (ivf - exact).mean() < 0.05 * exact.mean()  # measured ≈ 1 % of the mean distance
-    full = NearestNeighbourIndex(bank, "ivf", nlist=16, nprobe=16).query(queries)  # every cell = exact
+    full = NearestNeighbourIndex(bank, NearestNeighbourSettings("ivf", nlist=16, nprobe=16)).query(queries)  # every cell = exact
     torch.testing.assert_close(full, exact, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="nn_search"):
-        NearestNeighbourIndex(bank, "kdtree")
+    with pytest.raises(ConfigError, match="nn_search"):
+        NearestNeighbourSettings("kdtree")
 
 
 def test_faiss_hnsw_is_close_and_never_below_exact():
-    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
-
     bank, queries = _bank_and_queries()
-    exact = NearestNeighbourIndex(bank, "exact").query(queries)
-    hnsw = NearestNeighbourIndex(bank, "hnsw", hnsw_m=8, ef_search=16).query(queries)
+    exact = NearestNeighbourIndex(bank, NearestNeighbourSettings("exact")).query(queries)
+    hnsw = NearestNeighbourIndex(bank, NearestNeighbourSettings("hnsw", hnsw_m=8, ef_search=16)).query(queries)
     assert (hnsw >= exact - 1e-5).all()
     assert (hnsw - exact).mean() < 0.05 * exact.mean()
-    wide = NearestNeighbourIndex(bank, "hnsw", ef_search=256).query(queries)  # more candidates: closer
+    wide = NearestNeighbourIndex(bank, NearestNeighbourSettings("hnsw", ef_search=256)).query(queries)  # more candidates: closer
     assert (wide - exact).mean() <= (hnsw - exact).mean()
-    with pytest.raises(ValueError, match="nn_hnsw_m"):
-        NearestNeighbourIndex(bank, "hnsw", hnsw_m=1)
+    with pytest.raises(ConfigError, match="nn_hnsw_m"):
+        NearestNeighbourSettings("hnsw", hnsw_m=1)
 
 
 def test_approximate_search_falls_back_to_exact_where_it_finds_no_neighbour():
     """faiss answers -1 for a query whose probed cells hold nothing; those queries get the exact neighbour."""
-    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
-
     bank, queries, reference = _far_tight_bank()
-    index = NearestNeighbourIndex(bank, "ivf", nlist=8, nprobe=1)
+    index = NearestNeighbourIndex(bank, NearestNeighbourSettings("ivf", nlist=8, nprobe=1))
     search, calls = index.index.search, []
 
     def search_with_gaps(x, k):
@@ -466,10 +481,8 @@ def _far_tight_bank(seed: int = 0):
 
 @pytest.mark.parametrize("search", ["exact", "torch"])
 def test_exact_search_finds_true_neighbour_far_from_origin(search):
-    from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex
-
     bank, queries, reference = _far_tight_bank()
-    dist, index = NearestNeighbourIndex(bank, search).query(queries, return_index=True)
+    dist, index = NearestNeighbourIndex(bank, NearestNeighbourSettings(search)).query(queries, return_index=True)
     assert (index == reference.indices).float().mean() > 0.98
     torch.testing.assert_close(dist.double(), reference.values, rtol=1e-3, atol=0)
     # the same search without centring on the bank mean loses the neighbour to float32 cancellation
@@ -488,9 +501,8 @@ def test_model_nn_search_modes_agree_and_are_recorded(search):
     model.fit_mean([train])
     model.fit_bank([train])
     test = torch.rand(1, 3, 256, 256)
-    reference = PatchSVDDModel().eval()
+    reference = PatchSVDDModel(nearest=NearestNeighbourSettings("torch")).eval()
     reference.load_state_dict(model.state_dict())
-    reference.nn_search = "torch"
     reference.fit_bank([train])
     ours, exact = model(test).anomaly_map, reference(test).anomaly_map
     if search == "hnsw":  # approximate: never below exact, close on average

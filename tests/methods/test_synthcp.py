@@ -10,21 +10,17 @@ from anobench.methods import get_method
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.synthcp import LayoutGenerator, SynthCP, kmeans
 from anobench.methods.synthcp.torch_model import cosine_distance_map
-from fitting import quiet_trainer
+from fitting import fit_and_test, quiet_trainer, synthetic_datamodule
 
 # Pinned: a random-weight ResNet-18, whatever SynthCP's default backbone is, so the tests (and the measured
 # values in the learning test's docstring) do not move when the default changes.
 _BACKBONE = dict(backbone="resnet18", pretrained=False)
 _SMALL = dict(**_BACKBONE, generator_channels=(32, 16, 16, 8), spade_hidden=16, discriminator_channels=(8, 16))
-_SYNTHETIC = dict(n_train=12, n_test_good=8, n_test_per_defect=4)
 
 
 def _datamodule(tmp_path, category: str = "washer", seed: int = 0, batch: int = 8, size: int = 64):
-    from anobench.data import AnomalyDataModule
-
-    return AnomalyDataModule(dataset="synthetic", category=category, root=str(tmp_path), image_size=size,
-                             train_batch_size=batch, eval_batch_size=16, train_repeats=50, seed=seed,
-                             synthetic=_SYNTHETIC)
+    return synthetic_datamodule(tmp_path, category, image_size=size, batch_size=batch, eval_batch_size=16,
+                                train_repeats=50, seed=seed)
 
 
 def _images(loader) -> torch.Tensor:
@@ -116,15 +112,9 @@ def test_generator_trains_and_feature_network_stays_frozen(tmp_path):
 
 
 # --- learning on synthetic data -------------------------------------------------------------------
-def fit_and_test(tmp_path, category: str = "washer", seed: int = 0, max_steps: int = 120) -> dict[str, float]:
-    L.seed_everything(seed)
-    module = SynthCP(**_BACKBONE)
-    datamodule = _datamodule(tmp_path, category, seed)
-    trainer = quiet_trainer(max_steps)
-    trainer.fit(module, datamodule=datamodule)
-    assert trainer.global_step == max_steps
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    return module.test_results["metrics"]
+def _learned_metrics(tmp_path, category: str = "washer", seed: int = 0, max_steps: int = 120) -> dict[str, float]:
+    return fit_and_test(lambda: SynthCP(**_BACKBONE), _datamodule(tmp_path, category, seed), max_steps=max_steps,
+                        seed=seed).metrics
 
 
 @pytest.mark.slow
@@ -139,6 +129,6 @@ def test_synthcp_learns_on_synthetic(tmp_path, one_torch_thread):
     0.23–0.62 over the four): the map's maximum often falls on object outlines and texture edges, whose
     positions vary between normal images — see README "Results".
     """
-    metrics = fit_and_test(tmp_path)
+    metrics = _learned_metrics(tmp_path)
     assert metrics["pixel_auroc"] >= 0.72, metrics
     assert metrics["image_auroc"] >= 0.62, metrics

@@ -3,8 +3,7 @@ teacher cache, missing weights offline, configs, leaderboard paper column, learn
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from anobench.methods.uninformed_students import (
 )
 from anobench.methods.uninformed_students.module import held_out_indices
 from anobench.methods.uninformed_students.teacher import compactness_loss, teacher_key, triplet_loss
-from fitting import quiet_trainer
+from fitting import SMALL_SYNTHETIC, fit_and_test, quiet_trainer, synthetic_datamodule
 
 SMALL = dict(descriptor_dim=16, width=0.125)
 
@@ -121,10 +120,9 @@ def test_cached_teacher_targets_give_the_same_loss_as_running_the_teacher(train_
 
 def test_teacher_outputs_are_not_cached_with_augmentation_or_over_the_memory_cap(capsys):
     module = UninformedStudents(patch_sizes=[17], n_students=1, teacher_output_cache_mb=1, **SMALL)
-    datamodule = SimpleNamespace(augment={}, image_size=24)
-    assert module._can_cache_teacher_outputs(datamodule, n_images=10)  # 10 × d × 24² floats < 1 MB
-    assert not module._can_cache_teacher_outputs(SimpleNamespace(augment={"hflip": True}, image_size=24), 10)
-    assert not module._can_cache_teacher_outputs(datamodule, n_images=1000)
+    assert module._can_cache_teacher_outputs(augmented=False, image_size=24, n_images=10)  # 10 × d × 24² floats < 1 MB
+    assert not module._can_cache_teacher_outputs(augmented=True, image_size=24, n_images=10)
+    assert not module._can_cache_teacher_outputs(augmented=False, image_size=24, n_images=1000)
     assert "teacher_output_cache_mb=1" in capsys.readouterr().out
     with pytest.raises(ValueError, match="teacher_output_cache_mb"):
         UninformedStudents(patch_sizes=[17], teacher_output_cache_mb=-1, **SMALL)
@@ -200,24 +198,30 @@ def test_standardisation_statistics_come_from_held_out_normal_images_only():
     assert not torch.allclose(module.model.error_stats, before)
 
 
+class _TrainingSteps(L.Callback):
+    """Records the training-set indices of every training batch and the loss its step returned."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+        self.losses: list[torch.Tensor | None] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.indices.extend(batch["index"].tolist())
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(outputs.get("loss") if isinstance(outputs, dict) else outputs)
+
+
 def test_held_out_images_never_reach_the_students_and_no_step_is_empty(tmp_path):
     """Held-out validation images are excluded from the training set by index up front: every training
     batch is non-empty (a step returning None hangs DDP) and holds none of them (val_fraction 0.4 of 5
     images = 2 held out; batch size 1 would have given held-out-only batches before)."""
     module = UninformedStudents(patch_sizes=[17], n_students=1, **SMALL, val_fraction=0.4)
-    seen, losses = [], []
-    original = module.training_step
-
-    def spy(batch, batch_idx):
-        seen.extend(batch["index"].tolist())
-        loss = original(batch, batch_idx)
-        losses.append(loss)
-        return loss
-
-    module.training_step = spy
+    steps = _TrainingSteps()
     dm = _tiny_datamodule(tmp_path)
     dm.train_batch_size = 1
-    quiet_trainer(12).fit(module, datamodule=dm)
+    quiet_trainer(12, [steps]).fit(module, datamodule=dm)
+    seen, losses = steps.indices, steps.losses
     held_out = set(held_out_indices(5, 0.4, 0))
     assert len(held_out) == 2 and len(seen) == 12
     assert not held_out & set(seen) and set(seen) == set(range(5)) - held_out
@@ -446,7 +450,8 @@ def test_configs_default_and_paper_experiment():
 
 
 def test_leaderboard_shows_the_paper_pro_beside_ours():
-    from anobench.results.leaderboard import build_leaderboard, to_markdown
+    from anobench.results.leaderboard import build_leaderboard
+    from anobench.results.render import to_markdown
 
     record = {"method": "uninformed_students", "dataset": "mvtec", "category": "carpet", "seed": 0, "status": "ok",
               "finished_at": "2026-01-01", "budget": {"label": "paper"}, "_path": "runs/x/result.json",
@@ -462,27 +467,15 @@ def test_leaderboard_shows_the_paper_pro_beside_ours():
 
 
 # --- end to end on synthetic data (Lightning fit + test + evaluator) ----------------------------------------
-_LEARNING = dict(n_train=12, n_test_good=8, n_test_per_defect=4)
-
-
-def _fit_and_test(tmp_path, category: str, seed: int, max_steps: int, **settings) -> UninformedStudents:
-    import lightning as L
-
-    from anobench.data import AnomalyDataModule
-
-    L.seed_everything(seed)
-    datamodule = AnomalyDataModule(dataset="synthetic", category=category, root=str(tmp_path / "synthetic"),
-                                   image_size=64, train_batch_size=4, eval_batch_size=8, train_repeats=10,
-                                   synthetic=_LEARNING, seed=seed)
-    module = UninformedStudents(**settings, optimizer=lambda params: torch.optim.Adam(params, lr=1e-3, weight_decay=1e-5))
-    trainer = quiet_trainer(max_steps)
-    initial = [p.detach().clone() for p in module.model.students.parameters()]
-    trainer.fit(module, datamodule=datamodule)
-    assert trainer.global_step == max_steps
-    assert any(not torch.equal(a, b) for a, b in zip(initial, module.model.students.parameters()))
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    return module
+def _fitted(tmp_path, category: str, seed: int, max_steps: int, **settings):
+    datamodule = synthetic_datamodule(tmp_path / "synthetic", category, image_size=64, batch_size=4,
+                                      train_repeats=10, seed=seed, synthetic=SMALL_SYNTHETIC)
+    fitted = fit_and_test(
+        lambda: UninformedStudents(**settings, optimizer=lambda params: torch.optim.Adam(params, lr=1e-3, weight_decay=1e-5)),
+        datamodule, max_steps=max_steps, seed=seed)
+    assert fitted.fit.changed(fitted.module, "model.students.")
+    assert torch.isfinite(fitted.fit.logged["train/loss"])
+    return fitted
 
 
 @pytest.mark.slow
@@ -499,7 +492,7 @@ def test_uninformed_students_learns_on_synthetic(tmp_path):
     below the lowest measured seed.
     """
     settings = dict(patch_sizes=[17], n_students=3, descriptor_dim=128, width=0.125, train_crop=32)
-    metrics = _fit_and_test(tmp_path, "washer", seed=0, max_steps=30, **settings).test_results["metrics"]
+    metrics = _fitted(tmp_path, "washer", seed=0, max_steps=30, **settings).metrics
     assert metrics["image_auroc"] >= 0.65, metrics
     assert metrics["pixel_auroc"] >= 0.70, metrics
     assert metrics["pro"] >= 0.35, metrics

@@ -51,22 +51,22 @@ def test_ground_truth_resolution_upsamples_maps_to_each_mask():
     maps, scores, masks, labels = make_category(np.random.default_rng(0))
     result = evaluate_category(maps, scores, masks, labels)
     up = [upsample_map(a, m.shape) for a, m in zip(maps, masks)]
-    assert result["metrics"]["pro"] == pytest.approx(aupro(up, masks), abs=1e-12)
-    assert result["metrics"]["pixel_auroc"] == pytest.approx(pixel_auroc(up, masks), abs=1e-12)
-    assert result["metrics"]["image_auroc"] == image_auroc(scores, labels)
+    assert result.metrics["pro"] == pytest.approx(aupro(up, masks), abs=1e-12)
+    assert result.metrics["pixel_auroc"] == pytest.approx(pixel_auroc(up, masks), abs=1e-12)
+    assert result.metrics["image_auroc"] == image_auroc(scores, labels)
     # the map-only image AUROC ignores the given scores: reversed scores leave it unchanged
     reversed_result = evaluate_category(maps, -scores, masks, labels)
-    assert reversed_result["metrics"]["image_auroc"] == pytest.approx(1 - result["metrics"]["image_auroc"])
-    assert result["metrics"]["image_auroc_map_max"] == roc_auc_score(labels, [m.max() for m in maps])
-    assert reversed_result["metrics"]["image_auroc_map_max"] == result["metrics"]["image_auroc_map_max"]
+    assert reversed_result.metrics["image_auroc"] == pytest.approx(1 - result.metrics["image_auroc"])
+    assert result.metrics["image_auroc_map_max"] == roc_auc_score(labels, [m.max() for m in maps])
+    assert reversed_result.metrics["image_auroc_map_max"] == result.metrics["image_auroc_map_max"]
     flat_scores = np.concatenate([u.ravel() for u in up])
     flat_labels = np.concatenate([m.ravel() for m in masks])
-    assert result["metrics"]["pixel_auroc"] == pytest.approx(roc_auc_score(flat_labels, flat_scores), abs=1e-12)
-    assert result["resolution"] == "ground_truth"
-    assert result["fpr_limit"] == 0.3
-    assert (result["n_images"], result["n_defective"], result["n_regions"]) == (5, 3, 6)
-    assert set(result["timings"]) == {"upsample_s", "metrics_s"}
-    assert all(v >= 0 for v in result["timings"].values())
+    assert result.metrics["pixel_auroc"] == pytest.approx(roc_auc_score(flat_labels, flat_scores), abs=1e-12)
+    assert result.resolution == "ground_truth"
+    assert result.fpr_limit == 0.3
+    assert (result.n_images, result.n_defective, result.n_regions) == (5, 3, 6)
+    assert set(result.timings) == {"upsample_s", "metrics_s"}
+    assert all(v >= 0 for v in result.timings.values())
 
 
 def test_model_resolution_downsamples_masks_nearest():
@@ -78,12 +78,12 @@ def test_model_resolution_downsamples_masks_nearest():
         rows = np.floor(np.arange(8) * m.shape[0] / 8).astype(int)
         cols = np.floor(np.arange(8) * m.shape[1] / 8).astype(int)
         small_masks.append(m[np.ix_(rows, cols)])
-    assert result["metrics"]["pro"] == pytest.approx(aupro(maps, small_masks, fpr_limit=0.2), abs=1e-12)
-    assert result["metrics"]["pixel_auroc"] == pytest.approx(pixel_auroc(maps, small_masks), abs=1e-12)
-    assert result["resolution"] == "model" and result["fpr_limit"] == 0.2
+    assert result.metrics["pro"] == pytest.approx(aupro(maps, small_masks, fpr_limit=0.2), abs=1e-12)
+    assert result.metrics["pixel_auroc"] == pytest.approx(pixel_auroc(maps, small_masks), abs=1e-12)
+    assert result.resolution == "model" and result.fpr_limit == 0.2
     # the protocol's ground-truth resolution gives a different number on the same inputs
     gt = evaluate_category(maps, scores, masks, labels, fpr_limit=0.2)
-    assert gt["metrics"]["pro"] != pytest.approx(result["metrics"]["pro"], abs=1e-6)
+    assert gt.metrics["pro"] != pytest.approx(result.metrics["pro"], abs=1e-6)
 
 
 def test_model_resolution_counts_regions_after_downsampling():
@@ -95,7 +95,7 @@ def test_model_resolution_counts_regions_after_downsampling():
     masks = [mask, np.zeros((16, 16), bool)]
     model = evaluate_category(maps, [1.0, 0.0], masks, [1, 0], resolution="model")
     truth = evaluate_category(maps, [1.0, 0.0], masks, [1, 0])
-    assert (model["n_regions"], truth["n_regions"]) == (1, 2)
+    assert (model.n_regions, truth.n_regions) == (1, 2)
 
 
 def test_bad_resolution_names_allowed_values():
@@ -143,8 +143,8 @@ def test_all_good_category_gives_nan_pixel_metrics():
     masks = [np.zeros((16, 16), bool)] * 3
     with pytest.warns(RuntimeWarning):
         result = evaluate_category(maps, [0.1, 0.2, 0.3], masks, [0, 0, 0])
-    assert all(np.isnan(v) for v in result["metrics"].values())
-    assert result["n_regions"] == 0 and result["n_defective"] == 0
+    assert all(np.isnan(v) for v in result.metrics.values())
+    assert result.n_regions == 0 and result.n_defective == 0
 
 
 def test_memory_estimate_and_clear_error_when_a_category_cannot_fit():

@@ -243,9 +243,9 @@ def test_pro_and_pixel_auroc_match_references_at_real_size():
             m |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
     maps = [np.round(rng.random((1024, 1024)) * 0.8 + 0.2 * m, 2) for m in masks]
     result = evaluate_category(maps, [a.max() for a in maps], masks, [0, 1, 1])
-    assert result["metrics"]["pro"] == pytest.approx(reference_aupro(maps, masks, 0.3), abs=1e-6)
+    assert result.metrics["pro"] == pytest.approx(reference_aupro(maps, masks, 0.3), abs=1e-6)
     flat = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps]))
-    assert result["metrics"]["pixel_auroc"] == pytest.approx(flat, abs=1e-6)
+    assert result.metrics["pixel_auroc"] == pytest.approx(flat, abs=1e-6)
 
 
 def test_perfect_and_inverted_maps():

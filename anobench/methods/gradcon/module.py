@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anobench.methods.base import AnomalyModule, OptimizerFactory
+from anobench.methods.base import AnomalyModule, OptimizerFactory, TestPredictions
 from anobench.methods.gradcon.torch_model import PAPER_CHANNELS, GradConModel
 from anobench.methods.registry import register_method
 
@@ -64,19 +64,13 @@ class GradCon(AnomalyModule):
         self.model.update_reference(grads)
 
     # --- the two parts of the score, each evaluated alone (README "Score parts") ---------------------
-    def finalize_test_scores(self, scores: np.ndarray, score_parts: np.ndarray | None) -> np.ndarray:
-        """The score is per image already; keep its parts (MSE, mean cos) in test order for the result."""
-        self._test_score_parts = score_parts
-        return scores
-
-    def extra_test_results(self) -> dict[str, Any]:
+    def extra_test_results(self, predictions: TestPredictions) -> dict[str, Any]:
         """evaluation.score_parts: image AUROC of the MSE alone and of −cos alone (higher = anomalous)."""
         from anobench.metrics.auroc import image_auroc
 
-        parts = getattr(self, "_test_score_parts", None)
+        parts, labels = predictions.score_parts, predictions.labels
         if parts is None:
             return {}
-        labels = np.array([s.label for s in self.trainer.datamodule.test_samples])
         mse, cos = parts[:, 0].astype(np.float64), parts[:, 1].astype(np.float64)
         weight = self.model.score_grad_weight
         return {"score_parts": {

@@ -27,6 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from anobench.data import synthetic as synthetic_data
+from anobench.data.datamodule import AnomalyDataModule
 from anobench.data.mvtec import Sample
 
 SOURCES = ("test_split", "synthetic")
@@ -150,7 +151,8 @@ def render_on_train_images(train_images: torch.Tensor, k: int, n_normal: int, se
 
 
 def build_labelled_set(
-    datamodule: Any, source: str, k: int, n_normal: int, seed: int, train_images: torch.Tensor | None = None
+    datamodule: AnomalyDataModule, source: str, k: int, n_normal: int, seed: int,
+    train_images: torch.Tensor | None = None,
 ) -> LabelledSet:
     """The labelled set for `datamodule`'s category (see module docstring); `info` records the choice."""
     if source not in SOURCES:
@@ -167,8 +169,8 @@ def build_labelled_set(
                             "would remove it from evaluation; used the synthetic generator instead")
     size = datamodule.image_size
     if datamodule.dataset == "synthetic":
-        render_size = int((datamodule.synthetic or {}).get("image_size", 256))
-        data_seed = int((datamodule.synthetic or {}).get("seed", 0))
+        render_size = int(datamodule.synthetic.get("image_size", 256))
+        data_seed = int(datamodule.synthetic.get("seed", 0))
         images, masks, names = render_synthetic_category(datamodule.category, data_seed, render_size, size,
                                                          max(k, 1), n_normal, seed)
     else:

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical
 
-from anobench.methods.base import AnomalyModule, OptimizerFactory
+from anobench.data.datamodule import AnomalyDataModule
+from anobench.methods.base import AnomalyModule, OptimizerFactory, TestPredictions
 from anobench.methods.nbs.labelled import SOURCES, build_labelled_set
 from anobench.methods.nbs.torch_model import NBSModel, sampler_state
 from anobench.methods.registry import register_method
@@ -146,12 +147,9 @@ class NeuralBatchSampling(AnomalyModule):
 
     # --- setup ----------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "test_dataloader"):
-            raise RuntimeError("NBS needs trainer.fit(..., datamodule=...): it tracks the loss of the test images")
-        self.setup_tracking(datamodule)
+        self.setup_tracking(self.data())  # it tracks the loss of the test images
 
-    def setup_tracking(self, datamodule: Any) -> None:
+    def setup_tracking(self, datamodule: AnomalyDataModule) -> None:
         """Choose the labelled set, load the tracked images and record the first loss profile entry."""
         batches = list(datamodule.test_dataloader())
         test_images = torch.cat([b["image"] for b in batches])
@@ -160,7 +158,7 @@ class NeuralBatchSampling(AnomalyModule):
             raise RuntimeError("NBS expects test_dataloader() in test-index order")
         train_images = None
         if self.labelled_source == "synthetic" or datamodule.dataset != "synthetic":
-            train_images = torch.cat([b["image"] for b in datamodule.inference_train_dataloader()])
+            train_images = datamodule.training_images()
         labelled = build_labelled_set(datamodule, self.labelled_source, self.labelled_k, self.labelled_normal,
                                       self.labelled_seed, train_images)
         if "fallback" in labelled.info:
@@ -301,13 +299,13 @@ class NeuralBatchSampling(AnomalyModule):
         """The labelled test images: the method saw their labels, so they are never scored."""
         return sorted(self.excluded_test_indices.tolist())
 
-    def extra_test_results(self) -> dict[str, Any]:
+    def extra_test_results(self, predictions: TestPredictions) -> dict[str, Any]:
         """What the result records about the semi-supervised protocol."""
         return {
             "supervision": "semi_supervised",
             "labelled_set": dict(self.labelled_info),
             "excluded_test_indices": self.evaluation_exclusions(),
-            "n_test_images_total": len(self.trainer.datamodule.test_samples),
+            "n_test_images_total": len(predictions.labels),
         }
 
     # --- checkpoint: the labelled-set record travels inside the state_dict ------------------------

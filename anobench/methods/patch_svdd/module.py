@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from anobench.methods.base import AnomalyModule, OptimizerFactory
-from anobench.methods.patch_svdd.nearest import APPROXIMATE_SEARCHES
+from anobench.methods.base import AnomalyModule, OptimizerFactory, TestPredictions
+from anobench.methods.patch_svdd.nearest import NearestNeighbourSettings
 from anobench.methods.patch_svdd.sampling import (
     check_image_size,
     crop_patches,
@@ -62,17 +62,13 @@ class PatchSVDD(AnomalyModule):
         self.rgb_shift_std = rgb_shift_std
         self.pixel_noise_std = pixel_noise_std
         self.bank_subsample = bank_subsample
-        self.model = PatchSVDDModel(
-            embedding_dim=embedding_dim,
-            nn_chunk_size=nn_chunk_size,
-            nn_search=nn_search,
-            nn_nlist=nn_nlist,
-            nn_nprobe=nn_nprobe,
-            nn_hnsw_m=nn_hnsw_m,
-            nn_ef_construction=nn_ef_construction,
-            nn_ef_search=nn_ef_search,
-            encoder_cpu_chunk=encoder_cpu_chunk,
+        # the seven nn_* config keys, validated once, as the one object the model and its searches use
+        self.nearest = NearestNeighbourSettings(
+            search=nn_search, chunk_size=nn_chunk_size, nlist=nn_nlist, nprobe=nn_nprobe, hnsw_m=nn_hnsw_m,
+            ef_construction=nn_ef_construction, ef_search=nn_ef_search,
         )
+        self.model = PatchSVDDModel(embedding_dim=embedding_dim, nearest=self.nearest,
+                                    encoder_cpu_chunk=encoder_cpu_chunk)
         self.classifier_64 = PositionClassifier(embedding_dim)
         self.classifier_32 = PositionClassifier(embedding_dim)
         self._train_set: torch.Tensor | None = None  # normalised training images while fitting (on_fit_start)
@@ -82,24 +78,22 @@ class PatchSVDD(AnomalyModule):
         """Fit the mean image and, without augmentation, keep the normalised training set as one tensor
         on the training device: each step then crops its patches straight from it by batch["index"]
         (the datamodule stops loading images), instead of collating and normalising 64 whole images."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "inference_train_dataloader"):
-            raise RuntimeError("PatchSVDD needs trainer.fit(..., datamodule=...) with inference_train_dataloader()")
-        images = torch.cat([b.to(self.device) for b in _images(datamodule.inference_train_dataloader())])
+        data = self.data()
+        images = data.training_images().to(self.device)
         self.model.fit_mean(images.split(32))  # float64 sums, a few images at a time
         self._train_set = None
-        if not getattr(datamodule, "augment", None) and hasattr(datamodule, "train_indices_only"):
+        if not data.augment:
             self._train_set = images.sub_(self.model.mean_image)  # = model.normalize(images), in place
-            datamodule.train_indices_only()
+            data.train_indices_only()
 
     def on_fit_end(self) -> None:
         if self._train_set is not None:
             self._train_set = None  # ~0.8 MB per 256² training image; the banks are built from the loader
-            self.trainer.datamodule.train_indices_only(False)  # the next fit (maybe of another method) gets images
+            self.data().train_indices_only(False)  # the next fit (maybe of another method) gets images
 
     # --- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if "image" in batch:  # augmented training images, or a datamodule that always sends images
+        if "image" in batch:  # augmented training images: no copy kept, the batches are the training data
             return super().training_step(batch, batch_idx)
         if self._train_set is None:
             raise RuntimeError("PatchSVDD got a batch without images but holds no training set (on_fit_start not run)")
@@ -156,19 +150,9 @@ class PatchSVDD(AnomalyModule):
             self.model.fit_mean(_images(train_loader))
         self.model.fit_bank(_images(train_loader), subsample=self.bank_subsample)
 
-    def extra_test_results(self) -> dict:
+    def extra_test_results(self, predictions: TestPredictions | None = None) -> dict:
         """result.json evaluation.nearest_neighbour: how the 1-NN search was done."""
         m = self.model
-        info = {
-            "search": m.nn_search,
-            "library": "torch" if m.nn_search == "torch" or m.bank_32.is_cuda else "faiss-cpu",
-            "approximate": m.nn_search in APPROXIMATE_SEARCHES or self.bank_subsample is not None,
-            "centred": True,  # searched around the bank mean (nearest.py); older results searched uncentred
-            "bank_subsample": self.bank_subsample,
-            "bank_rows": {"k64": int(m.bank_64.shape[0]), "k32": int(m.bank_32.shape[0])},
-        }
-        if m.nn_search == "ivf":
-            info.update(nlist=m.nn_nlist, nprobe=m.nn_nprobe)
-        elif m.nn_search == "hnsw":
-            info.update(hnsw_m=m.nn_hnsw_m, ef_construction=m.nn_ef_construction, ef_search=m.nn_ef_search)
-        return {"nearest_neighbour": info}
+        return {"nearest_neighbour": self.nearest.as_record(
+            bank_rows={"k64": int(m.bank_64.shape[0]), "k32": int(m.bank_32.shape[0])},
+            on_cuda=m.bank_32.is_cuda, bank_subsample=self.bank_subsample)}

@@ -10,8 +10,8 @@ the spread and the search is exact to float32 rounding.
 
 Exact by default: squared distances ||q||² − 2 q·b + ||b||² in memory-bounded blocks (one matrix
 multiply per block of `chunk_size` query rows × as many bank rows as keep the block at
-`block_elements` floats — 16 MiB on CPU, where cache-sized blocks measured ~2× faster than
-4096 × 4096 ones, 256 MiB on GPU), a running minimum over the bank blocks, then the winning
+`block_elements` floats — 16 MiB on CPU, cache-sized (docs/performance.md#patch-svdd-nearest-neighbour-search),
+256 MiB on GPU), a running minimum over the bank blocks, then the winning
 neighbour's distance recomputed directly as ||q − b*||, so the returned distance carries no
 cancellation error at all; centring is what makes the *choice* of neighbour exact.
 
@@ -27,7 +27,12 @@ near-duplicates were dropped — which lowers the contrast between normal and an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
+
+from anobench.errors import ConfigError
 
 
 def subsample_bank(bank: torch.Tensor, subsample: float | int | None, seed: int = 0) -> torch.Tensor:
@@ -111,14 +116,78 @@ def nearest_distances(
     return (distances, best_index) if return_index else distances
 
 
-# --- faiss (CPU) ---------------------------------------------------------------------------------
+# --- the search settings ---------------------------------------------------------------------------
 NN_SEARCHES = ("exact", "ivf", "hnsw", "torch")
 APPROXIMATE_SEARCHES = ("ivf", "hnsw")
 
 
+@dataclass(frozen=True)
+class NearestNeighbourSettings:
+    """How the 1-NN search is done: the ``nn_*`` keys of conf/method/patch_svdd.yaml as one validated object.
+
+    Built once by the Lightning module from its constructor arguments (the config keys are unchanged, so
+    are config hashes) and handed, as is, to the torch model and to every `NearestNeighbourIndex`.
+    ``search``: ``exact`` / ``ivf`` / ``hnsw`` through faiss-cpu, ``torch`` the blocked torch search (also
+    what any CUDA bank uses); ``chunk_size``: query rows per block of the torch search; ``nlist`` /
+    ``nprobe``: ivf's k-means cells and the cells searched per query; ``hnsw_m`` / ``ef_construction`` /
+    ``ef_search``: hnsw's links per node and candidates kept while building and per query.
+    """
+
+    search: str = "exact"
+    chunk_size: int = 4096
+    nlist: int = 1024
+    nprobe: int = 8
+    hnsw_m: int = 16
+    ef_construction: int = 40
+    ef_search: int = 64
+
+    # config key (method.module.<key>) and smallest valid value of each integer field
+    _INTEGERS = {"chunk_size": ("nn_chunk_size", 1), "nlist": ("nn_nlist", 1), "nprobe": ("nn_nprobe", 1),
+                 "hnsw_m": ("nn_hnsw_m", 2), "ef_construction": ("nn_ef_construction", 1),
+                 "ef_search": ("nn_ef_search", 1)}
+
+    def __post_init__(self) -> None:
+        if self.search not in NN_SEARCHES:
+            raise ConfigError(f"method.module.nn_search={self.search!r} is invalid; expected one of "
+                              f"{', '.join(NN_SEARCHES)}")
+        for name, (key, low) in self._INTEGERS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"method.module.{key}={value!r} is invalid; expected an integer >= {low}")
+
+    @property
+    def approximate(self) -> bool:
+        """Whether the search itself may return a farther neighbour than the nearest (ivf, hnsw)."""
+        return self.search in APPROXIMATE_SEARCHES
+
+    def library(self, on_cuda: bool) -> str:
+        """What searches: torch (``search: torch``, or a bank in GPU memory, which faiss-cpu cannot read) or faiss-cpu."""
+        return "torch" if self.search == "torch" or on_cuda else "faiss-cpu"
+
+    def as_record(self, *, bank_rows: dict[str, int], on_cuda: bool,
+                  bank_subsample: float | int | None = None) -> dict[str, Any]:
+        """result.json ``evaluation.nearest_neighbour``: how the search was done over banks of `bank_rows` rows."""
+        info: dict[str, Any] = {
+            "search": self.search,
+            "library": self.library(on_cuda),
+            "approximate": self.approximate or bank_subsample is not None,
+            "centred": True,  # searched around the bank mean (module docstring); older results searched uncentred
+            "bank_subsample": bank_subsample,
+            "bank_rows": dict(bank_rows),
+        }
+        if self.search == "ivf":
+            info.update(nlist=self.nlist, nprobe=self.nprobe)
+        elif self.search == "hnsw":
+            info.update(hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, ef_search=self.ef_search)
+        return info
+
+
+# --- faiss (CPU) ---------------------------------------------------------------------------------
+
+
 class NearestNeighbourIndex:
-    """1-NN index over a bank through faiss-cpu: ``exact`` (IndexFlatL2), ``ivf`` (IndexIVFFlat) or
-    ``hnsw`` (IndexHNSWFlat).
+    """1-NN index over a bank, searched as `NearestNeighbourSettings` say: through faiss-cpu ``exact``
+    (IndexFlatL2), ``ivf`` (IndexIVFFlat) or ``hnsw`` (IndexHNSWFlat).
 
     ``exact`` returns the same neighbour as brute force (faiss's BLAS search, multithreaded);
     ``ivf`` clusters the bank into `nlist` k-means cells (trained on at most 256 × nlist bank rows,
@@ -133,23 +202,13 @@ class NearestNeighbourIndex:
     chosen neighbour, so no float32 cancellation reaches the scores.
     """
 
-    def __init__(self, bank: torch.Tensor, search: str = "exact", nlist: int = 1024, nprobe: int = 8,
-                 chunk_size: int = 4096, seed: int = 0, hnsw_m: int = 16, ef_construction: int = 40,
-                 ef_search: int = 64) -> None:
-        if search not in NN_SEARCHES:
-            raise ValueError(f"nn_search must be one of {NN_SEARCHES}, got {search!r}")
+    def __init__(self, bank: torch.Tensor, settings: NearestNeighbourSettings | None = None, seed: int = 0) -> None:
+        settings = settings or NearestNeighbourSettings()
         if bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"expected a non-empty M×D bank, got {tuple(bank.shape)}")
-        if nlist < 1 or nprobe < 1:
-            raise ValueError(f"nn_nlist and nn_nprobe must be >= 1, got {nlist} and {nprobe}")
-        if hnsw_m < 2 or ef_construction < 1 or ef_search < 1:
-            raise ValueError(
-                f"nn_hnsw_m must be >= 2 and nn_ef_construction, nn_ef_search >= 1, "
-                f"got {hnsw_m}, {ef_construction} and {ef_search}"
-            )
+        search = settings.search
         self.bank = bank
-        self.search = search
-        self.chunk_size = chunk_size
+        self.settings = settings
         self.mean = bank_mean(bank)
         self.index = None
         self._mean_cpu = self.mean.detach().to("cpu", torch.float32)
@@ -163,11 +222,11 @@ class NearestNeighbourIndex:
         if search == "exact":
             self.index = faiss.IndexFlatL2(d)
         elif search == "hnsw":
-            self.index = faiss.IndexHNSWFlat(d, hnsw_m)
-            self.index.hnsw.efConstruction = ef_construction
-            self.index.hnsw.efSearch = ef_search
+            self.index = faiss.IndexHNSWFlat(d, settings.hnsw_m)
+            self.index.hnsw.efConstruction = settings.ef_construction
+            self.index.hnsw.efSearch = settings.ef_search
         else:
-            nlist = min(nlist, data.shape[0])
+            nlist = min(settings.nlist, data.shape[0])
             self.quantizer = faiss.IndexFlatL2(d)
             self.index = faiss.IndexIVFFlat(self.quantizer, d, nlist, faiss.METRIC_L2)
             self.index.cp.seed = seed
@@ -176,7 +235,7 @@ class NearestNeighbourIndex:
                 rows = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))[: 256 * nlist]
                 train = data[rows.sort().values.numpy()]
             self.index.train(train)
-            self.index.nprobe = min(nprobe, nlist)
+            self.index.nprobe = min(settings.nprobe, nlist)
         self.index.add(data)
 
     @torch.no_grad()
@@ -186,7 +245,7 @@ class NearestNeighbourIndex:
             raise ValueError(f"expected N×{self.bank.shape[1]} queries, got {tuple(queries.shape)}")
         if self.index is None:
             centred = queries.to(self.bank.dtype) - self.mean
-            _, index = nearest_distances(centred, self.centred, chunk_size=self.chunk_size, return_index=True,
+            _, index = nearest_distances(centred, self.centred, chunk_size=self.settings.chunk_size, return_index=True,
                                          center=False)
         else:
             q = (queries.detach().to("cpu", torch.float32) - self._mean_cpu).contiguous()

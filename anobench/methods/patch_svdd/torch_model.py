@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anobench.methods.base import AnomalyOutput
-from anobench.methods.patch_svdd.nearest import NN_SEARCHES, NearestNeighbourIndex, subsample_bank
+from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex, NearestNeighbourSettings, subsample_bank
 
 SMALL_K = 32  # patch size of EncoderSmall
 BIG_K = 64  # patch size of EncoderHier
@@ -65,11 +65,9 @@ class EncoderSmall(nn.Module):
     def __init__(self, embedding_dim: int = 64, bias: bool = True, cpu_chunk: int | None = None) -> None:
         super().__init__()
         self.D = embedding_dim
-        # On CPU, a batch is run in parts of about `cpu_chunk` 32×32 patches' worth of pixels (128 patches,
-        # or 2 whole 256² images): the same convolutions (each sample is independent), but each call's
-        # activations stay in cache — measured on 2 cores: a training step of batch 64 (1280 patches)
-        # 1.9× faster, dense embeddings of 256² images 1.7× faster than in batches of 8. GPUs get the
-        # whole batch.
+        # On CPU, a batch is run in parts of about `cpu_chunk` 32×32 patches' worth of pixels so that each
+        # call's activations stay in cache (same values; docs/performance.md#patch-svdd-encoder). GPUs get
+        # the whole batch.
         if cpu_chunk is not None and cpu_chunk < 1:
             raise ValueError(f"encoder_cpu_chunk must be >= 1 or null, got {cpu_chunk}")
         self.cpu_chunk = cpu_chunk
@@ -215,31 +213,17 @@ class PatchSVDDModel(nn.Module):
         embedding_dim: int = 64,
         stride_64: int = 16,
         stride_32: int = 4,
-        nn_chunk_size: int = 4096,
-        nn_search: str = "exact",
-        nn_nlist: int = 1024,
-        nn_nprobe: int = 8,
-        nn_hnsw_m: int = 16,
-        nn_ef_construction: int = 40,
-        nn_ef_search: int = 64,
+        nearest: NearestNeighbourSettings | None = None,
         encoder_cpu_chunk: int | None = 128,
     ) -> None:
         super().__init__()
-        if nn_search not in NN_SEARCHES:
-            raise ValueError(f"nn_search must be one of {NN_SEARCHES}, got {nn_search!r}")
         for name, stride in (("stride_64", stride_64), ("stride_32", stride_32)):
             if stride < _SMALL_STRIDE or stride % _SMALL_STRIDE:
                 raise ValueError(f"{name} must be a positive multiple of {_SMALL_STRIDE} px, got {stride}")
         self.D = embedding_dim
         self.stride_64 = stride_64
         self.stride_32 = stride_32
-        self.nn_chunk_size = nn_chunk_size
-        self.nn_search = nn_search
-        self.nn_nlist = nn_nlist
-        self.nn_nprobe = nn_nprobe
-        self.nn_hnsw_m = nn_hnsw_m
-        self.nn_ef_construction = nn_ef_construction
-        self.nn_ef_search = nn_ef_search
+        self.nearest = nearest or NearestNeighbourSettings()  # how patch_scores searches the banks
         self._indexes: dict[str, NearestNeighbourIndex] = {}  # built lazily per bank, reset by fit_bank
         self.encoder = EncoderHier(embedding_dim, cpu_chunk=encoder_cpu_chunk)
         # 3×H×W, set by fit_mean; shape follows the training images (resized on checkpoint load).
@@ -331,11 +315,8 @@ class PatchSVDDModel(nn.Module):
         """The search index over bank `name` ('bank_64' / 'bank_32'), built on first use after fit_bank."""
         bank = getattr(self, name)
         index = self._indexes.get(name)
-        if index is None or index.bank is not bank:
-            index = NearestNeighbourIndex(
-                bank, self.nn_search, nlist=self.nn_nlist, nprobe=self.nn_nprobe, chunk_size=self.nn_chunk_size,
-                hnsw_m=self.nn_hnsw_m, ef_construction=self.nn_ef_construction, ef_search=self.nn_ef_search,
-            )
+        if index is None or index.bank is not bank or index.settings is not self.nearest:
+            index = NearestNeighbourIndex(bank, self.nearest)
             self._indexes[name] = index
         return index
 

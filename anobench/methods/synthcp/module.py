@@ -81,10 +81,7 @@ class SynthCP(AnomalyModule):
     # --- layout -------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         """Fit the layout centroids on the training images (un-augmented, every image once)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "inference_train_dataloader"):
-            raise RuntimeError("SynthCP needs trainer.fit(..., datamodule=...) with inference_train_dataloader()")
-        self.model.fit_layout(_images(datamodule.inference_train_dataloader()), seed=self.kmeans_seed)
+        self.model.fit_layout(_images(self.data().inference_train_dataloader()), seed=self.kmeans_seed)
 
     def prepare_inference(self, train_loader) -> None:
         if not bool(self.model.layout_fitted):  # e.g. testing an untrained model

@@ -106,40 +106,36 @@ class UninformedStudents(AnomalyModule):
 
     # --- fit --------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "inference_train_dataloader"):
-            raise RuntimeError("UninformedStudents needs trainer.fit(..., datamodule=...) with inference_train_dataloader()")
-        loader = datamodule.inference_train_dataloader()
+        data = self.data()
+        loader = data.inference_train_dataloader()
         n_images = len(loader.dataset)
         held_out = set(held_out_indices(n_images, self.val_fraction, self.val_seed))
         if held_out:
-            if not hasattr(datamodule, "exclude_from_training"):
-                raise RuntimeError("UninformedStudents holds out validation images: the datamodule needs exclude_from_training()")
-            datamodule.exclude_from_training(held_out)  # by dataset index: no batch is ever empty
+            data.exclude_from_training(held_out)  # by dataset index: no batch is ever empty
 
         def category_images() -> list[torch.Tensor]:
             return [img for b in loader for img, i in zip(b["image"], b["index"].tolist()) if i not in held_out]
 
         from anobench.backbones import build_backbone
 
-        data_id = ":".join(str(getattr(datamodule, key, "")) for key in ("dataset", "category", "root", "image_size"))
+        data_id = data.identity.key()  # dataset:category:root:image_size, what the teacher cache keys on
         teachers = {p: self.model.teachers[str(p)] for p in self.model.patch_sizes}
         self.teacher_report = prepare_teachers(
             teachers, self.model.descriptor_dim, self.width, self.backbone_spec, self.teacher_config,
             category_images, data_id, self.device, build_backbone)
         for p, info in self.teacher_report.items():
             print(f"uninformed_students: teacher p={p}: {info['source']}" + (f" ({info['path']})" if "path" in info else ""))
-        keep_outputs = self._can_cache_teacher_outputs(datamodule, n_images - len(held_out))
+        keep_outputs = self._can_cache_teacher_outputs(bool(data.augment), data.image_size, n_images - len(held_out))
         self.fit_teacher_statistics(loader, exclude=held_out, keep_outputs=keep_outputs)
 
-    def _can_cache_teacher_outputs(self, datamodule: Any, n_images: int) -> bool:
+    def _can_cache_teacher_outputs(self, augmented: bool, image_size: int, n_images: int) -> bool:
         """Whether the frozen teachers' training targets can be computed once: no augmentation (the
         targets would change per draw) and the whole-image descriptors fit in teacher_output_cache_mb."""
-        if getattr(datamodule, "augment", None) or self.teacher_output_cache_mb == 0:
+        if augmented or self.teacher_output_cache_mb == 0:
             return False
-        size = int(getattr(datamodule, "image_size", 0))
+        size = int(image_size)
         needed_mb = n_images * len(self.model.patch_sizes) * self.model.descriptor_dim * size * size * 4 / 2**20
-        if not size or needed_mb > self.teacher_output_cache_mb:
+        if needed_mb > self.teacher_output_cache_mb:
             print(f"uninformed_students: teacher outputs not cached (need {needed_mb:.0f} MB > "
                   f"teacher_output_cache_mb={self.teacher_output_cache_mb}); the teachers run every step")
             return False

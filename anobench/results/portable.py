@@ -1,0 +1,189 @@
+"""Configs and paths as they read on any machine: named roots instead of this machine's folders.
+
+conf/paths/default.yaml names the roots a run reads from or writes to (`results_dir`, `data_dir`,
+`mvtec_root`), each from an environment variable with a default. A resolved config spells them out
+(`data.root: /data/mvtec_ad`), which is true only on the machine that ran it. What a run records
+(config.yaml, result.json) is therefore made portable:
+
+* the `paths` block keeps its unresolved interpolations (`${oc.env:ANOBENCH_MVTEC_ROOT,null}`); a root given
+  as a literal absolute path (e.g. `paths.mvtec_root=/data/mvtec_ad` on the command line) is recorded relative
+  to the working directory when it lies inside it, else as its default from conf/paths/default.yaml (the
+  environment variable says where it is on the next machine); a relative literal (`results/suites/x`) as it is;
+* a value that equals a resolved root or lies under it becomes `${paths.<name>}` or `${paths.<name>}/<rest>`
+  (the longest root wins). Absolute values are rewritten wherever they are; relative ones (already
+  machine-independent) only in the keys that say where data lives (`identity.VOLATILE_KEYS`, e.g.
+  `data.root: data/synthetic` -> `${paths.data_dir}/synthetic`), so that
+  `config_hash(portable_config(cfg)) == config_hash(resolved cfg)` whenever no other key holds an absolute path
+  (one that does made the resolved hash machine-specific anyway).
+
+The result loads back with `OmegaConf.create` / `OmegaConf.load` and resolves on another machine from its
+environment: set ANOBENCH_MVTEC_ROOT there and `data.root` follows. A relative path (value or root) is
+relative to the working directory the run was started from, as everywhere in anobench.
+"""
+
+from __future__ import annotations
+
+import ntpath
+import os
+import posixpath
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from anobench.config import config_dir
+from anobench.results.identity import VOLATILE_KEYS
+
+PATHS_KEY = "paths"
+_ENV_DEFAULT = re.compile(r"^\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,[^}]*)?\}$")
+
+
+@lru_cache(maxsize=1)
+def default_paths() -> dict[str, Any]:
+    """conf/paths/default.yaml, unresolved: root name -> its interpolation."""
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / PATHS_KEY / "default.yaml"), resolve=False)
+
+
+def portable_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as plain containers, with named roots instead of this machine's paths (module doc)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(resolved, dict) or not isinstance(resolved.get(PATHS_KEY), dict):
+        return resolved
+    roots = _roots(resolved[PATHS_KEY])
+    out = {key: _rewrite(value, roots, key) for key, value in resolved.items() if key != PATHS_KEY}
+    out[PATHS_KEY] = _paths_block(cfg)
+    return {key: out[key] for key in resolved}  # the config's own key order
+
+
+def portable_path(path: str | os.PathLike, cfg: DictConfig) -> str:
+    """One path (e.g. a checkpoint) as `${paths.<name>}/<rest>` when it lies under a named root, else unchanged."""
+    text = os.fspath(path)
+    return _under_root(text, _roots(_resolved_paths(cfg)), relative_too=True) or text
+
+
+def resolve_recorded_path(value: str, record: Mapping[str, Any]) -> Path:
+    """A path a result.json recorded portably (`${paths.results_dir}/...`), resolved on this machine from the
+    record's own `config.paths` block and the environment; a plain path comes back as it is."""
+    if "${" not in value:
+        return Path(value)
+    paths = ((record.get("config") or {}).get(PATHS_KEY)) or default_paths()
+    return Path(str(OmegaConf.create({PATHS_KEY: dict(paths), "value": value}).value))
+
+
+def portable_command(command: str | None, cfg: DictConfig) -> str | None:
+    """A recorded command line with every absolute path under a named root written as `$<ENV VAR>/<rest>`.
+
+    The variable is the one the root's default reads (`paths.mvtec_root=$ANOBENCH_MVTEC_ROOT`), so the
+    line still runs in a shell where it is set; a root without one is written `<name>/<rest>`.
+    """
+    if not command:
+        return command
+    roots = _roots(_resolved_paths(cfg))
+    words = []
+    for word in command.split(" "):
+        key, eq, value = word.rpartition("=")
+        portable = _under_root(value, roots, relative_too=False) if _is_absolute(value) else None
+        if portable is not None:
+            name, rest = _split_portable(portable)
+            match = _ENV_DEFAULT.match(str(default_paths().get(name, "")))
+            head = f"${match.group(1)}" if match else f"<{name}>"
+            value = head + rest
+        words.append(f"{key}{eq}{value}")
+    return " ".join(words)
+
+
+# ------------------------------------------------------------------------------------------- internals
+
+
+def _resolved_paths(cfg: DictConfig) -> dict[str, Any]:
+    paths = cfg.get(PATHS_KEY) if isinstance(cfg, DictConfig) else None
+    return OmegaConf.to_container(paths, resolve=True) if isinstance(paths, DictConfig) else {}
+
+
+def _paths_block(cfg: DictConfig) -> dict[str, Any]:
+    block = OmegaConf.to_container(cfg[PATHS_KEY], resolve=False)
+    defaults = default_paths()
+    cwd = _absolute(os.getcwd())
+    for name, value in block.items():
+        if isinstance(value, str) and "${" not in value and _is_absolute(value):
+            absolute = _absolute(value)
+            if _contains(cwd, absolute):  # inside the working directory: relative to it, as a relative root is
+                block[name] = posixpath.relpath(absolute, cwd)
+            elif name in defaults:
+                block[name] = defaults[name]
+    return block
+
+
+def _roots(paths: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, absolute normalised root) of every usable root, longest first; a root of "/" is no information."""
+    roots = []
+    for name, value in paths.items():
+        if isinstance(value, str) and value and "${" not in value:
+            absolute = _absolute(value)
+            if posixpath.dirname(absolute) != absolute:
+                roots.append((name, absolute))
+    return sorted(roots, key=lambda item: len(item[1]), reverse=True)
+
+
+def _rewrite(value: Any, roots: list[tuple[str, str]], dotted: str) -> Any:
+    if isinstance(value, dict):
+        return {key: _rewrite(item, roots, f"{dotted}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rewrite(item, roots, dotted) for item in value]
+    if isinstance(value, str) and _looks_like_path(value):
+        relative_too = any(dotted == key or dotted.startswith(f"{key}.") for key in VOLATILE_KEYS)
+        return _under_root(value, roots, relative_too=relative_too) or value
+    return value
+
+
+def _under_root(value: str, roots: list[tuple[str, str]], relative_too: bool) -> str | None:
+    """`${paths.<name>}[/<rest>]` for the longest root holding `value`, else None.
+
+    A relative value is only placed under a root that does not hold the working directory (any relative
+    path would lie under such a root, which says nothing).
+    """
+    if not value or "${" in value or "://" in value:
+        return None
+    if ntpath.splitdrive(value)[0] and os.name != "nt":  # a Windows path recorded elsewhere: not ours to place
+        return None
+    absolute_value = _is_absolute(value)
+    if not absolute_value and not relative_too:
+        return None
+    target = _absolute(value)
+    cwd = _absolute(os.getcwd())
+    for name, root in roots:
+        if not absolute_value and _contains(root, cwd):
+            continue
+        if _contains(root, target):
+            rest = posixpath.relpath(target, root)
+            return f"${{{PATHS_KEY}.{name}}}" + ("" if rest == "." else f"/{rest}")
+    return None
+
+
+def _split_portable(text: str) -> tuple[str, str]:
+    """'${paths.mvtec_root}/bottle' -> ('mvtec_root', '/bottle')."""
+    head, _, rest = text.partition("}")
+    return head.removeprefix(f"${{{PATHS_KEY}."), rest
+
+
+def _looks_like_path(value: str) -> bool:
+    return _is_absolute(value) or "/" in value or "\\" in value
+
+
+def _is_absolute(value: str) -> bool:
+    return posixpath.isabs(value) or bool(ntpath.splitdrive(value)[0]) or value.startswith("~")
+
+
+def _absolute(value: str) -> str:
+    """Lexically normalised absolute form with '/' separators (no symlinks resolved: paths as written)."""
+    path = os.path.expanduser(value)
+    path = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    return Path(os.path.normpath(path)).as_posix()
+
+
+def _contains(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
