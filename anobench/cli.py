@@ -2,6 +2,7 @@
 
     anobench train [method=patch_svdd] [data=synthetic/washer] [trainer=cpu] [key=value ...] [-m ...]
     anobench eval checkpoint=<run dir>/checkpoints/last.ckpt [evaluation.resolution=model]
+    anobench predict checkpoint=<run dir>/checkpoints/last.ckpt input=<file | folder | glob> [output=DIR]
     anobench bench suite=<name> [results_dir=DIR] [n_jobs=N | hydra/launcher=submitit_slurm ...] [dry_run=true] [...]
     anobench leaderboard [--results-dir results]
     anobench report [--results-dir results] [--output FILE]
@@ -47,6 +48,8 @@ def usage() -> str:
         "               e.g. anobench train method=patch_svdd data=mvtec/bottle data.root=/path/to/mvtec",
         "               sweep: anobench train -m sweep=mvtec method=patch_svdd [hydra/launcher=joblib]",
         "  eval         re-test a checkpoint: anobench eval checkpoint=<run dir>/checkpoints/last.ckpt",
+        "  predict      score your own images: anobench predict checkpoint=<run dir>/checkpoints/last.ckpt\n"
+        "               input=<file | folder | glob> [output=DIR] [threshold=<number>]: scores.csv, maps/, overlays/",
         "  bench        run a suite (methods × categories × seeds), resumable, one leaderboard per suite",
         "               e.g. anobench bench suite=synthetic_quick [n_jobs=2]; suite=method method=<name>",
         "               on SLURM: ... hydra/launcher=submitit_slurm hydra.launcher.partition=<p>",
@@ -147,16 +150,24 @@ def _report(jobs: list[list[str]]) -> int:
 
 
 def leaderboard_command(args: list[str]) -> int:
+    from anobench.results.leaderboard import build_leaderboard, collect_results, select_metrics
     from anobench.results.render import print_leaderboard
     from anobench.tasks.publish import publish
 
     parser = argparse.ArgumentParser(prog="anobench leaderboard",
                                      description="Rebuild leaderboard.{md,csv} from <results-dir>/runs/**/result.json")
     parser.add_argument("--results-dir", default=str(default_results_dir()))
+    parser.add_argument("--metrics", default=None,
+                        help="comma-separated metric tables to print, e.g. image_ap,pixel_ap,image_f1_max,pixel_f1_max, "
+                             "or all (default: image_auroc,pixel_auroc,pro; the written files keep the default tables)")
     ns = parser.parse_args(args)
+    metrics = select_metrics(ns.metrics)  # an unknown name fails here, before anything is written
     if not Path(ns.results_dir).is_dir():
         raise AnobenchError(f"--results-dir {ns.results_dir}: no such folder")
     board = publish(ns.results_dir)
+    if board.metrics != metrics:  # the same result files, aggregated over the requested metrics
+        results, warnings = collect_results(ns.results_dir)
+        board = build_leaderboard(results, warnings=warnings, metrics=metrics)
     print_leaderboard(board)
     print(f"wrote {Path(ns.results_dir) / 'leaderboard.md'}, leaderboard.csv and report.html ({len(board.runs)} runs)")
     return 0
@@ -218,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return leaderboard_command(rest)
         if verb == "report":
             return report_command(rest)
+        if verb == "predict":
+            from anobench.tasks.predict import predict_command
+
+            return predict_command(rest)
         if verb == "data":
             return data_command(rest)
         if verb == "bench":
@@ -231,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnobenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"error: unknown command {verb!r}; expected one of: train, eval, bench, leaderboard, report, reproduce, data"
+    print(f"error: unknown command {verb!r}; expected one of: train, eval, predict, bench, leaderboard, report, "
+          "reproduce, data"
           f"\n\n{usage()}", file=sys.stderr)
     return 2
 

@@ -8,7 +8,9 @@ RSS it started the call with, so the "extra" column is the memory the call itsel
     .venv/bin/python scripts/bench_metrics.py [--n 100] [--size 1024] [--mvtec-root PATH/bottle]
 
 With --mvtec-root, the same measurements also run on that category's real test masks (full
-resolution) with synthetic maps. Comparisons with sklearn's roc_auc_score and with MVTec's exact
+resolution) with synthetic maps. "all pixel metrics" times what evaluate_category computes per pixel (one
+split: pixel AUROC, PRO, pixel AP and pixel F1-max); it and "pro + pixel_auroc" also run --repeat times,
+alternating, and the median ratio of the two is printed (pixel AP / F1-max reuse the split's ranking). Comparisons with sklearn's roc_auc_score and with MVTec's exact
 curve (pro_curve + trapezoid, argsort over all pixels) run unless --no-compare, and so does
 anomalib's AUPRO when anomalib is installed (`pip install -e '.[bench]'`, benchmark-only).
 """
@@ -95,6 +97,22 @@ def _child(job: str, data_dir: str, queue: mp.Queue) -> None:
         split = split_pixels(maps.__getitem__, masks, common_score_dtype(maps), with_regions=True)
         value = aupro_from_split(split, 0.3)
         auroc_from_split(split)
+    elif job == "all pixel metrics":  # the same split, plus pixel AP and F1-max from its ranking
+        from anobench.metrics._pixels import common_score_dtype, split_pixels
+        from anobench.metrics.auroc import auroc_from_split
+        from anobench.metrics.precision import pixel_precision_from_split
+        from anobench.metrics.pro import aupro_from_split
+
+        split = split_pixels(maps.__getitem__, masks, common_score_dtype(maps), with_regions=True)
+        value = aupro_from_split(split, 0.3)
+        auroc_from_split(split)
+        pixel_precision_from_split(split)
+    elif job == "sklearn average_precision":
+        from sklearn.metrics import average_precision_score
+
+        y = np.concatenate([m.ravel() for m in masks])
+        s = np.concatenate([a.ravel() for a in maps])
+        value = float(average_precision_score(y, s))
     elif job == "anomalib AUPRO":
         import torch
         from anomalib.metrics.aupro import _AUPRO  # the torchmetrics metric behind anomalib.metrics.AUPRO
@@ -136,16 +154,16 @@ def save_inputs(data_dir: Path, small: np.ndarray, masks: list[np.ndarray]) -> N
         np.save(data_dir / f"map_{i:04d}.npy", upsample_map(a, m.shape))
 
 
-def run_suite(title: str, small: np.ndarray, masks: list[np.ndarray], compare: bool) -> None:
+def run_suite(title: str, small: np.ndarray, masks: list[np.ndarray], compare: bool, repeat: int = 3) -> None:
     n_pix = sum(m.size for m in masks)
     n_regions = sum(ndimage.label(m, structure=np.ones((3, 3)))[1] for m in masks)
     n_bad = sum(bool(m.any()) for m in masks)
     print(f"\n== {title}: {len(masks)} images ({n_bad} defective), {n_pix / 1e6:.1f} M pixels, "
           f"{100 * sum(int(m.sum()) for m in masks) / n_pix:.2f} % anomalous in {n_regions} regions; "
           f"maps {small.shape[1]}x{small.shape[2]} upsampled to the mask size")
-    jobs = ["upsample_map", "aupro", "pixel_auroc", "pro + pixel_auroc", "evaluate_category"]
+    jobs = ["upsample_map", "aupro", "pixel_auroc", "pro + pixel_auroc", "all pixel metrics", "evaluate_category"]
     if compare:
-        jobs += ["sklearn roc_auc_score", "pro_curve + trapezoid"]
+        jobs += ["sklearn roc_auc_score", "sklearn average_precision", "pro_curve + trapezoid"]
         if importlib.util.find_spec("anomalib") is not None:
             jobs.append("anomalib AUPRO")
         else:
@@ -156,6 +174,14 @@ def run_suite(title: str, small: np.ndarray, masks: list[np.ndarray], compare: b
         for job in jobs:
             seconds, peak, before, value = measure(job, Path(tmp))
             print(f"{job:<24}{seconds:>9.2f}{peak / 1024:>13.0f}{(peak - before) / 1024:>10.0f}  {value:.10f}")
+        base, extended = [], []
+        for _ in range(repeat):  # alternating, so drift on a shared machine hits both alike
+            base.append(measure("pro + pixel_auroc", Path(tmp))[0])
+            extended.append(measure("all pixel metrics", Path(tmp))[0])
+        ratios = [e / b for b, e in zip(base, extended)]
+        print(f"all pixel metrics / (pro + pixel_auroc), {repeat} alternating runs: "
+              f"{' '.join(f'{b:.2f}/{e:.2f}s' for b, e in zip(base, extended))}; "
+              f"ratio median {float(np.median(ratios)):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
 
 
 def mvtec_masks(root: Path) -> list[np.ndarray]:
@@ -180,14 +206,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mvtec-root", type=Path, help="an MVTec category folder, e.g. /path/to/mvtec_ad/bottle")
     parser.add_argument("--no-compare", action="store_true", help="skip sklearn and the exact-curve reference")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="alternating runs of 'pro + pixel_auroc' and 'all pixel metrics' for their time ratio")
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
     masks = list(synthetic_masks(args.n, args.size, rng))
-    run_suite("synthetic", model_maps(masks, args.model_size, rng), masks, not args.no_compare)
+    run_suite("synthetic", model_maps(masks, args.model_size, rng), masks, not args.no_compare, args.repeat)
     if args.mvtec_root is not None:
         masks = mvtec_masks(args.mvtec_root)
-        run_suite(f"MVTec {args.mvtec_root.name}", model_maps(masks, args.model_size, rng), masks, not args.no_compare)
+        run_suite(f"MVTec {args.mvtec_root.name}", model_maps(masks, args.model_size, rng), masks, not args.no_compare,
+                  args.repeat)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def test_train_writes_valid_result_and_eval_reproduces_it(run_cli, tmp_path):
     assert REQUIRED <= set(result)
     assert result["status"] == "ok" and result["method"] == "patch_svdd"
     assert (result["dataset"], result["category"], result["seed"]) == ("synthetic", "weave", 0)
-    assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "pro", "image_auroc_map_max"}
+    assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "pro", "image_auroc_map_max",
+                                      "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max"}
     assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
     assert result["budget"]["label"] == "smoke" and result["budget"]["global_step"] == 2
     assert result["evaluation"]["resolution"] == "ground_truth"

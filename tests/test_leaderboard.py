@@ -132,3 +132,72 @@ def test_semi_supervised_runs_get_their_own_column():
     assert row[("nbs", "image_auroc")].mean == 0.5  # the semi-supervised 0.9 is not averaged in
     assert row[("nbs [semi-supervised: test_split]", "image_auroc")].mean == 0.9
     assert _rows(board)[("mvtec", "cable")][("nbs [semi-supervised: synthetic]", "image_auroc")].failed == 1
+
+
+ALL_SEVEN = {"image_auroc": 0.9, "pixel_auroc": 0.8, "pro": 0.7, "image_ap": 0.95, "pixel_ap": 0.41,
+             "image_f1_max": 0.88, "pixel_f1_max": 0.47}
+
+
+def _extra_metric_records():
+    results = [_record("m", "bottle", seed=0, metrics=ALL_SEVEN),
+               _record("m", "bottle", seed=1, metrics={**ALL_SEVEN, "pixel_ap": 0.45}),
+               _record("m", "carpet", metrics={**ALL_SEVEN, "pixel_ap": 0.2})]
+    for number, record in enumerate(results):
+        record["_path"] = f"runs/{number}/result.json"
+    return results
+
+
+def test_extra_metric_tables_only_on_request():
+    from anobench.results.render import to_markdown
+
+    default = build_leaderboard(_extra_metric_records(), paper={})
+    md, table = to_markdown(default, source="runs/"), to_csv(default)
+    assert "## mvtec: image AUROC" in md and "## mvtec: PRO" in md
+    assert "## mvtec: image AP" not in md and "## mvtec: pixel F1-max" not in md  # the three main tables only
+    assert "image_ap" not in table and "pixel_f1_max" not in table  # the CSV keeps its columns
+
+    board = build_leaderboard(_extra_metric_records(), paper={}, metrics="image_ap,pixel_ap")
+    md = to_markdown(board, source="runs/")
+    assert "## mvtec: image AP" in md and "## mvtec: pixel AP" in md and "## mvtec: PRO" not in md
+    pixel_ap = md.split("## mvtec: pixel AP")[1].split("##")[0]
+    assert "| bottle | 0.430 ± 0.028 (2 seeds) |" in pixel_ap and "| carpet | 0.200 |" in pixel_ap
+    assert "| **Mean** | 0.315 |" in pixel_ap
+    by_category = {r["category"]: r for r in csv.DictReader(io.StringIO(to_csv(board)))}
+    assert by_category["bottle"]["m/pixel_ap"] == "0.430" and "m/image_auroc" not in by_category["bottle"]
+
+    every = to_markdown(build_leaderboard(_extra_metric_records(), paper={}, metrics="all"), source="runs/")
+    titles = ("image AUROC", "pixel AUROC", "PRO", "image AP", "pixel AP", "image F1-max", "pixel F1-max")
+    assert [line[len("## mvtec: "):] for line in every.splitlines() if line.startswith("## mvtec: ")] == list(titles)
+
+
+def test_unknown_metric_is_one_clear_error(tmp_path, capsys):
+    from anobench.cli import main
+    from anobench.errors import AnobenchError
+    from anobench.results.leaderboard import select_metrics
+
+    assert select_metrics(None) == ("image_auroc", "pixel_auroc", "pro")
+    assert select_metrics(" pixel_ap, image_ap ,pixel_ap") == ("pixel_ap", "image_ap")
+    with pytest.raises(AnobenchError, match=r"unknown metric\(s\) pixel_apx; valid metrics: image_auroc, "
+                                            r"pixel_auroc, pro, image_ap, pixel_ap, image_f1_max, pixel_f1_max"):
+        select_metrics("image_ap,pixel_apx")
+    write_result(tmp_path / "runs" / "a", {k: v for k, v in _extra_metric_records()[0].items() if k != "_path"})
+    assert main(["leaderboard", "--results-dir", str(tmp_path), "--metrics", "aupr"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "unknown metric(s) aupr; valid metrics:" in err and "or all" in err
+    assert not (tmp_path / "leaderboard.md").exists()  # nothing written for a bad request
+
+
+def test_leaderboard_command_prints_the_requested_tables_and_writes_the_default(tmp_path, capsys, monkeypatch):
+    from anobench.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    write_result(tmp_path / "runs" / "a", {k: v for k, v in _extra_metric_records()[0].items() if k != "_path"})
+    assert main(["leaderboard", "--results-dir", str(tmp_path), "--metrics", "pixel_ap,pixel_f1_max"]) == 0
+    out = capsys.readouterr().out
+    assert "mvtec: pixel AP" in out and "0.410" in out and "mvtec: pixel F1-max" in out and "0.470" in out
+    assert "mvtec: PRO" not in out
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "## mvtec: PRO" in md and "## mvtec: pixel AP" not in md  # the written files keep the default tables
+    assert main(["leaderboard", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mvtec: PRO" in out and "pixel AP" not in out

@@ -23,7 +23,7 @@ from anobench.data.mvtec import CategoryIndex, Sample, check_decodable, image_si
 from anobench.data.synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic
 from anobench.errors import ConfigError
 
-__all__ = ["AnomalyDataModule", "AUGMENT_KEYS", "DEFAULT_SYNTHETIC_ROOT", "DataIdentity"]
+__all__ = ["AnomalyDataModule", "AUGMENT_KEYS", "DEFAULT_SYNTHETIC_ROOT", "DataIdentity", "input_pixels", "input_tensor"]
 
 DATASETS = ("mvtec", "synthetic")
 AUGMENT_KEYS = ("hflip", "vflip", "rotate90", "color_jitter")
@@ -42,6 +42,19 @@ class DataIdentity(NamedTuple):
     def key(self) -> str:
         """``dataset:category:root:image_size`` (the Uninformed Students teacher cache's data key)."""
         return ":".join(str(value) for value in self)
+
+
+def input_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """An RGB image (`anobench.data.mvtec.load_image`) as a method sees it: resized to size×size (bilinear,
+    unless it already is) as 3×S×S uint8. Every loader and `anobench predict` convert images with this."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def input_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """`input_pixels` (3×S×S, or stacked N×3×S×S) as the float tensor in [0, 1] a method's model reads."""
+    return torch.from_numpy(pixels).float().div_(255.0)
 
 
 def _augment(image: torch.Tensor, augment: dict[str, Any], seed: int) -> torch.Tensor:
@@ -88,16 +101,13 @@ class _ImageDataset(Dataset):
     def _pixels(self, i: int) -> np.ndarray:
         pixels = self._cache.get(i)
         if pixels is None:
-            image = load_image(self.samples[i].image_path)
-            if image.size != (self.size, self.size):
-                image = image.resize((self.size, self.size), Image.BILINEAR)
-            pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+            pixels = input_pixels(load_image(self.samples[i].image_path), self.size)
             self._cache[i] = pixels
         return pixels
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         i, aug_seed = item if isinstance(item, tuple) else (item, None)
-        image = torch.from_numpy(self._pixels(i)).float().div_(255.0)
+        image = input_tensor(self._pixels(i))
         if self.augment and aug_seed is not None:
             image = _augment(image, self.augment, aug_seed)
         out: dict[str, Any] = {"image": image}
@@ -171,6 +181,27 @@ def _known_keys(name: str, given: dict | None, allowed: tuple[str, ...] | list[s
     return given
 
 
+def _check_holdout(value: Any) -> None:
+    ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+        isinstance(value, float) and 0.0 <= value < 1.0)
+    if not ok:
+        raise ConfigError(f"data.holdout_normal={value!r} is invalid; expected a fraction in [0, 1) or a count >= 0 "
+                          "of the train/good images to hold out of training (0 = none, the papers' protocol)")
+
+
+def holdout_indices(n_train: int, holdout: int | float, seed: int) -> list[int]:
+    """The train/good indices that `data.holdout_normal` holds out (sorted; a seeded draw, the same for a run's
+    seed): a count, or a fraction of `n_train` (at least one image). At least one training image must remain."""
+    _check_holdout(holdout)
+    k = int(holdout) if isinstance(holdout, int) else max(1, round(float(holdout) * n_train)) if holdout else 0
+    if k == 0:
+        return []
+    if k >= n_train:
+        raise ConfigError(f"data.holdout_normal={holdout!r} holds out {k} of the {n_train} training images; "
+                          "at least one must remain for training")
+    return sorted(np.random.default_rng(seed).permutation(n_train)[:k].tolist())
+
+
 class AnomalyDataModule(L.LightningDataModule):
     """MVTec AD or a synthetic category as train / inference-train / test loaders.
 
@@ -182,6 +213,8 @@ class AnomalyDataModule(L.LightningDataModule):
         inference_train_dataloader() the same images in batches with their "index" (memory banks, statistics)
         test_dataloader()            the test images in ``test_samples`` order with "label" and "index"
         test_samples, load_mask(i)   the test samples and the ground truth of test image i
+        holdout_samples              train/good images held out (``holdout_normal``): never in the training
+        holdout_dataloader()         images above; scored after the test for decision thresholds
         exclude_from_training(ids)   never train on these training images (held-out validation images)
         train_indices_only(enabled)  training batches carry only "index" (a method keeping its own copy)
         identity                     `DataIdentity` (dataset, category, root, image_size): what the data is, e.g.
@@ -212,6 +245,7 @@ class AnomalyDataModule(L.LightningDataModule):
         augment: dict | None = None,
         synthetic: dict | None = None,
         seed: int = 0,
+        holdout_normal: int | float = 0,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -235,6 +269,7 @@ class AnomalyDataModule(L.LightningDataModule):
         if not isinstance(jitter, (int, float)) or not 0.0 <= float(jitter) < 1.0:
             raise ConfigError(f"data.augment.color_jitter={jitter!r} is invalid; expected a number in [0, 1)")
         synthetic = _known_keys("data.synthetic", synthetic, SYNTHETIC_KEYS)
+        _check_holdout(holdout_normal)
         self.dataset = dataset
         self.category = category
         self.root = root
@@ -246,6 +281,8 @@ class AnomalyDataModule(L.LightningDataModule):
         self.augment = {k: v for k, v in augment.items() if v}
         self.synthetic = synthetic
         self.seed = int(seed)
+        self.holdout_normal = holdout_normal
+        self.holdout_samples: list[Sample] = []  # setup(): train/good images held out of training (holdout_normal)
         self.index: CategoryIndex | None = None
         self._datasets: dict[str, _ImageDataset] = {}
         self._train_sampler: _RepeatShuffleSampler | None = None
@@ -272,6 +309,11 @@ class AnomalyDataModule(L.LightningDataModule):
             ensure_synthetic(root, self.category, **self.synthetic)
         index = index_category(root, self.category)
         check_decodable(index)
+        held = set(holdout_indices(len(index.train), self.holdout_normal, self.seed))
+        if held:
+            self.holdout_samples = [s for i, s in enumerate(index.train) if i in held]
+            kept = [s for i, s in enumerate(index.train) if i not in held]
+            index = CategoryIndex(root=index.root, category=index.category, train=kept, test=index.test)
         self.index = index
 
     def _require_index(self) -> CategoryIndex:
@@ -354,6 +396,12 @@ class AnomalyDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Test images in ``test_samples`` order with their label and index."""
         return self._loader(self._dataset("test"), self.eval_batch_size, shuffle=False)
+
+    def holdout_dataloader(self) -> DataLoader:
+        """The normal training images held out of training (``holdout_normal``), in ``holdout_samples`` order,
+        un-augmented, with their "index" into that list; empty without a holdout."""
+        self._require_index()
+        return self._loader(_ImageDataset(self.holdout_samples, self.image_size), self.eval_batch_size, shuffle=False)
 
     # --- evaluation helpers ------------------------------------------------------------------
     @property

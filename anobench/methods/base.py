@@ -115,10 +115,23 @@ class AnomalyModule(L.LightningModule):
         """
 
     def finalize_test_scores(self, scores: np.ndarray, score_parts: np.ndarray | None) -> np.ndarray:
-        """Image scores of the whole test set, in test-sample order. Default: the per-image scores.
+        """Image scores of the whole test set, in test-sample order: `finalize_scores` on the test set's own
+        `score_reference`. Default: the per-image scores.
 
-        Override when the paper's score is defined over the test set (e.g. min-max normalised).
+        A paper whose score is defined over the test set (MNAD's min-max) overrides those two hooks, not this one.
         """
+        return self.finalize_scores(scores, score_parts, self.score_reference(score_parts))
+
+    def score_reference(self, score_parts: np.ndarray | None) -> dict[str, float]:
+        """What the image score takes from the whole test set (e.g. each score part's min and max), from its
+        N×k ``score_parts``. Recorded in result.json (``evaluation.score_reference``), so that `anobench predict`
+        scores new images on the test set's scale. Default: nothing (the score is per image)."""
+        return {}
+
+    def finalize_scores(self, scores: np.ndarray, score_parts: np.ndarray | None,
+                        reference: dict[str, float]) -> np.ndarray:
+        """Image scores from per-image scores and parts and a test set's `score_reference`, image by image
+        (one image or a whole test set get the same score). Default: the per-image scores."""
         return scores
 
     def evaluation_exclusions(self) -> list[int]:

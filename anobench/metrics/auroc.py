@@ -27,6 +27,16 @@ def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     Returns nan (with a RuntimeWarning saying why) when only one class is present, since the ROC
     is undefined then; a category evaluation should not crash on it.
     """
+    s, y = check_image_inputs(scores, labels)
+    classes = np.unique(y)
+    if classes.size < 2:
+        return warn_undefined("image AU-ROC", f"all {len(y)} images have label {int(classes[0])}")
+    return float(roc_auc_score(y.astype(int), s))
+
+
+def check_image_inputs(scores: Sequence[float] | np.ndarray,
+                       labels: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image scores and labels as arrays, after checking they pair up, labels are 0/1 and scores finite."""
     s = np.asarray(scores)
     y = np.asarray(labels)
     if s.ndim != 1 or y.ndim != 1:
@@ -40,10 +50,7 @@ def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
         raise ValueError(f"labels must be 0 (good) or 1 (defective), found {bad.tolist()}")
     if not np.isfinite(s.astype(np.float64)).all():
         raise ValueError("scores contain NaN or infinite values")
-    classes = np.unique(y)
-    if classes.size < 2:
-        return warn_undefined("image AU-ROC", f"all {len(y)} images have label {int(classes[0])}")
-    return float(roc_auc_score(y.astype(int), s))
+    return s, y
 
 
 def pixel_auroc(anomaly_maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from anobench.metrics._pixels import as_bool_mask, check_fpr_limit, check_memory, common_score_dtype, split_pixels
 from anobench.metrics.auroc import auroc_from_split, image_auroc
 from anobench.metrics.curves import MetricCurves, image_roc_curve, pixel_roc_curve, pro_curve_from_split
+from anobench.metrics.precision import image_precision_metrics, pixel_precision_from_split
 from anobench.metrics.pro import aupro_from_split
 from anobench.protocol import EVALUATION_RESOLUTIONS as RESOLUTIONS
 from anobench.protocol import PRO_FPR_LIMIT
@@ -30,6 +31,8 @@ class CategoryEvaluation:
     """What `evaluate_category` measured; `as_record()` is what result.json's ``metrics`` / ``evaluation`` hold.
 
     ``curves`` come from the same pixel ranking as the metrics (drawn by anobench.visualize, not stored).
+    ``f1_thresholds``: {"image": ..., "pixel": ...}, the anomaly-score thresholds at the image and pixel F1
+    maxima (score >= threshold is called defective; nan where F1 is undefined).
     """
 
     metrics: dict[str, float]
@@ -40,11 +43,13 @@ class CategoryEvaluation:
     n_regions: int
     timings: dict[str, float]
     curves: MetricCurves | None = field(default=None, repr=False)
+    f1_thresholds: dict[str, float] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, Any]:
         """The JSON-ready evaluation block (everything but the metrics and the curves)."""
         return {"resolution": self.resolution, "fpr_limit": self.fpr_limit, "n_images": self.n_images,
-                "n_defective": self.n_defective, "n_regions": self.n_regions, "timings": dict(self.timings)}
+                "n_defective": self.n_defective, "n_regions": self.n_regions, "timings": dict(self.timings),
+                "f1_optimal_thresholds": dict(self.f1_thresholds)}
 
 
 def upsample_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -89,7 +94,7 @@ def evaluate_category(
     fpr_limit: float = PRO_FPR_LIMIT,
     with_curves: bool = True,
 ) -> CategoryEvaluation:
-    """Image AU-ROC, pixel AU-ROC and AU-PRO of one category's test run.
+    """Image AU-ROC, pixel AU-ROC and AU-PRO of one category's test run, and image / pixel AP and F1-max.
 
     anomaly_maps: 2-D float maps at model resolution, one per test image.
     image_scores: one score per image (higher = more anomalous).
@@ -100,7 +105,8 @@ def evaluate_category(
 
     ``n_regions`` counts GT regions at the resolution the metrics ran at; ``timings.upsample_s`` is
     the time spent resampling (maps or masks), ``metrics_s`` the rest. ``with_curves``: also read the ROC
-    and PRO curves off the same pixel ranking (`anobench.metrics.curves`).
+    and PRO curves off the same pixel ranking (`anobench.metrics.curves`). Pixel AP and F1-max come from that
+    ranking too (`anobench.metrics.precision`); ``f1_thresholds`` holds the thresholds at the F1 maxima.
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {', '.join(map(repr, RESOLUTIONS))}; got {resolution!r}")
@@ -119,9 +125,12 @@ def evaluate_category(
 
     start = time.perf_counter()
     img_auroc = image_auroc(scores, labels)  # validates labels before the heavy pixel work
+    img_precision = image_precision_metrics(scores, labels)
     _warn_label_mask_mismatch(labels, masks)
 
     resample_s = 0.0
+    # each map's max at the evaluation resolution: what MVTec's script scores as its classification AUROC
+    map_max = np.array([float(np.max(a)) for a in maps])
     if resolution == "ground_truth":
 
         def get_map(i: int) -> np.ndarray:
@@ -129,6 +138,7 @@ def evaluate_category(
             t0 = time.perf_counter()
             out = upsample_map(maps[i], np.shape(masks[i]))
             resample_s += time.perf_counter() - t0
+            map_max[i] = float(np.max(out))
             return out
 
         eval_masks, dtype = masks, np.dtype(np.float32)
@@ -140,13 +150,19 @@ def evaluate_category(
 
     check_memory(eval_masks, dtype)  # one clear error before allocating, not an OOM kill halfway
     split = split_pixels(get_map, eval_masks, dtype, with_regions=True)
+    pix_precision = pixel_precision_from_split(split)
     metrics = {
         "image_auroc": img_auroc,
         "pixel_auroc": auroc_from_split(split),
         "pro": aupro_from_split(split, limit),
-        # The same image AUROC for every method, from the map alone (max over pixels), beside the
-        # paper's own image score above: separates "better maps" from "a better score formula".
-        "image_auroc_map_max": image_auroc(np.array([float(np.max(a)) for a in maps]), labels),
+        "image_ap": img_precision.ap,
+        "pixel_ap": pix_precision.ap,
+        "image_f1_max": img_precision.f1_max,
+        "pixel_f1_max": pix_precision.f1_max,
+        # The same image AUROC for every method, from the map alone (max over its pixels at the evaluation
+        # resolution, as MVTec's script scores maps), beside the paper's own image score above: separates
+        # "better maps" from "a better score formula".
+        "image_auroc_map_max": image_auroc(map_max, labels),
     }
     curves = MetricCurves(image_roc_curve(scores, labels), pixel_roc_curve(split),
                           pro_curve_from_split(split)) if with_curves else None
@@ -160,6 +176,7 @@ def evaluate_category(
         n_regions=split.n_regions,
         timings={"upsample_s": resample_s, "metrics_s": total_s - resample_s},
         curves=curves,
+        f1_thresholds={"image": img_precision.f1_threshold, "pixel": pix_precision.f1_threshold},
     )
 
 

@@ -12,19 +12,30 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-# Dotted keys that say where things live, what a scheduler grants or how fast, not what is computed.
-VOLATILE_KEYS = ("paths", "data.root", "hydra", "method.resources", "malloc_keep_freed")
+# Dotted keys that say where things live, what a scheduler grants, how fast or what is exported, not what is computed.
+VOLATILE_KEYS = ("paths", "data.root", "hydra", "method.resources", "malloc_keep_freed", "export",
+                 # decision thresholds are read off the outcome after the metrics; they change no metric
+                 "threshold", "threshold_quantile")
+# Dotted keys that change what is computed, but only away from their neutral value: at it they are left out,
+# so the runs recorded before the key existed keep their hash (tests/test_identity.py checks the committed results).
+NEUTRAL_DEFAULTS: dict[str, Any] = {"data.holdout_normal": 0}
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """sha256 (first 12 hex digits) of a resolved config (plain containers) minus VOLATILE_KEYS."""
+    """sha256 (first 12 hex digits) of a resolved config (plain containers) minus VOLATILE_KEYS and minus the
+    NEUTRAL_DEFAULTS keys that hold their neutral value."""
     stripped = copy.deepcopy(dict(config))
-    for dotted in VOLATILE_KEYS:
+    for dotted in (*VOLATILE_KEYS, *NEUTRAL_DEFAULTS):
         *parents, leaf = dotted.split(".")
         node: Any = stripped
         for key in parents:
             node = node.get(key) if isinstance(node, Mapping) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        if isinstance(node, dict) and leaf in node and (dotted in VOLATILE_KEYS or _neutral(dotted, node[leaf])):
+            node.pop(leaf)
     text = json.dumps(stripped, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _neutral(dotted: str, value: Any) -> bool:
+    """Whether `value` is the key's neutral value (0 and 0.0 alike; a bool never is)."""
+    return not isinstance(value, bool) and value == NEUTRAL_DEFAULTS[dotted]

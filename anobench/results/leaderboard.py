@@ -1,8 +1,9 @@
 """Leaderboard aggregation: result files and the stored paper numbers -> typed rows (no files, no text).
 
 One row per (dataset, category); per method: image AUROC, pixel AUROC, PRO (mean over seeds, using the
-latest result of each seed) with the paper's number beside ours where a paper reports one. Mean rows:
-all categories, textures, objects. Rendering (markdown, CSV, console, HTML) is anobench/results/render.py;
+latest result of each seed) with the paper's number beside ours where a paper reports one; on request
+(`metrics=`, `anobench leaderboard --metrics`) image / pixel AP and F1-max too (`ALL_METRIC_KEYS`).
+Mean rows: all categories, textures, objects. Rendering (markdown, CSV, console, HTML) is anobench/results/render.py;
 the publisher that writes the files is anobench/tasks/publish.py.
 """
 
@@ -14,14 +15,34 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Sequence
 
 import yaml
 
-from anobench.results.record import METRIC_KEYS, RESULT_FILE, read_result
+from anobench.errors import AnobenchError
+from anobench.results.record import ALL_METRIC_KEYS, METRIC_KEYS, RESULT_FILE, read_result
 
-METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO"}
+METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO",
+                 "image_ap": "image AP", "pixel_ap": "pixel AP", "image_f1_max": "image F1-max",
+                 "pixel_f1_max": "pixel F1-max"}
 MEAN_ROWS = ("Mean", "Texture mean", "Object mean")
+
+
+def select_metrics(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The leaderboard metrics a request names: None -> the default three (`METRIC_KEYS`); "all" -> every metric
+    (`ALL_METRIC_KEYS`); else a comma-separated string or a sequence of metric keys, in the order given
+    (repeats dropped). An unknown name is one AnobenchError listing the valid ones."""
+    if spec is None:
+        return METRIC_KEYS
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return ALL_METRIC_KEYS
+    unknown = [n for n in names if n not in ALL_METRIC_KEYS]
+    if unknown or not names:
+        what = f"unknown metric(s) {', '.join(unknown)}" if unknown else "no metric named"
+        raise AnobenchError(f"{what}; valid metrics: {', '.join(ALL_METRIC_KEYS)} (comma-separated), or all")
+    return tuple(dict.fromkeys(names))
 
 
 def load_paper_numbers() -> dict[str, Any]:
@@ -141,6 +162,7 @@ class Leaderboard:
     warnings: list[str]
     # method -> the paper's protocol note (paper_numbers.yaml `protocol`), for the methods on the board
     protocols: dict[str, str] = field(default_factory=dict)
+    metrics: tuple[str, ...] = METRIC_KEYS  # the metrics aggregated (and rendered), in table order
 
     def category_cells(self) -> Iterable[tuple[dict[str, Any], str, str, Cell]]:
         """(row, method, metric, cell) for every filled cell of the per-category rows (mean rows skipped)."""
@@ -148,15 +170,17 @@ class Leaderboard:
             if row["kind"] == "mean":
                 continue
             for method in self.methods:
-                for metric in METRIC_KEYS:
+                for metric in self.metrics:
                     cell = row.get((method, metric))
                     if cell is not None:
                         yield row, method, metric, cell
 
 
 def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | None = None,
-                      warnings: list[str] | None = None) -> Leaderboard:
-    """Aggregate result records into leaderboard rows (pure function; no files)."""
+                      warnings: list[str] | None = None, metrics: str | Sequence[str] | None = None) -> Leaderboard:
+    """Aggregate result records into leaderboard rows (pure function; no files). `metrics`: which metrics
+    (`select_metrics`: default the three main ones, "all", or a list of keys)."""
+    metric_keys = select_metrics(metrics)
     paper = load_paper_numbers() if paper is None else paper
     # Only MVTec-protocol results (maps at ground-truth resolution) are comparable across rows.
     runs = latest_per_seed(r for r in results if _resolution(r) == "ground_truth")
@@ -164,7 +188,7 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
     cells: dict[tuple[str, str], dict[tuple[str, str], Cell]] = defaultdict(lambda: defaultdict(Cell))
     for run in runs:
         row_cells = cells[(run["dataset"], run["category"])]
-        for metric in METRIC_KEYS:
+        for metric in metric_keys:
             cell = row_cells[(method_label(run), metric)]
             if run["status"] == "ok":
                 value = (run.get("metrics") or {}).get(metric)
@@ -180,7 +204,7 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
         for key in keys:
             row = {"dataset": dataset, "category": key[1], "kind": category_kind(*key)}
             for method in methods:
-                for metric in METRIC_KEYS:
+                for metric in metric_keys:
                     cell = cells[key].get((method, metric))
                     row[(method, metric)] = cell
                     row[(method, metric, "paper")] = _paper_value(paper, method, dataset, key[1], metric)
@@ -192,12 +216,12 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
                 continue
             mean_row: dict[str, Any] = {"dataset": dataset, "category": title, "kind": "mean"}
             for method in methods:
-                for metric in METRIC_KEYS:
+                for metric in metric_keys:
                     mean_row[(method, metric)] = _mean_cell(members, method, metric)
                     mean_row[(method, metric, "paper")] = _paper_mean(members, method, metric)
             rows.append(mean_row)
     return Leaderboard(methods=methods, rows=rows, runs=runs, warnings=list(warnings or []),
-                       protocols=protocol_notes(paper, (r["method"] for r in runs)))
+                       protocols=protocol_notes(paper, (r["method"] for r in runs)), metrics=metric_keys)
 
 
 def protocol_notes(paper: dict[str, Any], methods: Iterable[str]) -> dict[str, str]:

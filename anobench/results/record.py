@@ -18,7 +18,10 @@ from anobench.io import atomic_write_json
 
 RESULT_FILE = "result.json"
 SCHEMA_VERSION = 1
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "pro")
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "pro")  # MVTec's protocol: the leaderboard's tables by default
+# What later papers report beside them: in result.json, on the leaderboard on request (`--metrics`)
+EXTRA_METRIC_KEYS = ("image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max")
+ALL_METRIC_KEYS = METRIC_KEYS + EXTRA_METRIC_KEYS
 _PACKAGES = ("anobench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "numpy",
              "scipy", "scikit-learn", "pillow")
 

@@ -14,7 +14,6 @@ import math
 from typing import Any, Callable, Iterable
 
 from anobench.results.leaderboard import METRIC_TITLES, AnyCell, Leaderboard, MeanCell, method_label
-from anobench.results.record import METRIC_KEYS
 
 PAPER_BUDGET = "paper"
 
@@ -63,15 +62,16 @@ def metric_cell_text(row: dict[str, Any], method: str, metric: str) -> str:
 
 def metric_tables(board: Leaderboard, only: set[tuple] | None = None
                   ) -> Iterable[tuple[str, str, list[str], list[tuple[dict[str, Any], list[str]]]]]:
-    """The papers' form: per dataset and metric, (dataset, metric, methods, [(row, cells)]) with categories
-    as rows (then the mean rows) and methods as columns. `only`: keep these (dataset, category) rows and
-    no mean row (a run's own rows, not a mean over categories it did not run)."""
+    """The papers' form: per dataset and metric (the board's `metrics`: the three main ones unless it was built
+    with others), (dataset, metric, methods, [(row, cells)]) with categories as rows (then the mean rows) and
+    methods as columns. `only`: keep these (dataset, category) rows and no mean row (a run's own rows, not a
+    mean over categories it did not run)."""
     for dataset in dict.fromkeys(r["dataset"] for r in board.rows):
         rows = [r for r in board.rows if r["dataset"] == dataset
                 and (only is None or (r["kind"] != "mean" and (dataset, r["category"]) in only))]
         if not rows:
             continue
-        for metric in METRIC_KEYS:
+        for metric in board.metrics:
             methods = [m for m in board.methods if any(r.get((m, metric)) is not None for r in rows)]
             if methods:
                 yield dataset, metric, methods, [(r, [metric_cell_text(r, m, metric) for m in methods]) for r in rows]
@@ -83,10 +83,11 @@ def protocol_lines(board: Leaderboard) -> list[str]:
 
 
 def _columns(board: Leaderboard) -> list[tuple]:
-    """The CSV's columns: per method and metric ours, then the paper's where a paper reports one."""
+    """The CSV's columns: per method and metric (the board's `metrics`) ours, then the paper's where a paper
+    reports one."""
     cols: list[tuple] = []
     for method in board.methods:
-        for metric in METRIC_KEYS:
+        for metric in board.metrics:
             cols.append((method, metric))
             if any(r.get((method, metric, "paper")) is not None for r in board.rows):
                 cols.append((method, metric, "paper"))

@@ -65,6 +65,11 @@ def eval_config(cfg: DictConfig, checkpoint: Path) -> DictConfig:
         if cfg.evaluation[key] is not None:
             run_cfg.evaluation[key] = cfg.evaluation[key]
     run_cfg.visualize = eval_visualize_settings(run_cfg, cfg)
+    for key in ("threshold", "threshold_quantile"):  # runs recorded before thresholds existed lack the keys
+        if cfg.get(key) is not None:
+            run_cfg[key] = cfg[key]
+    run_cfg.export = {key: value if value is not None else (run_cfg.get("export") or {}).get(key)
+                      for key, value in (cfg.get("export") or {}).items()}
     apply_overrides(run_cfg, cfg.get("overrides") or {})
     return run_cfg
 

@@ -31,12 +31,17 @@ from anobench.methods.base import AnomalyModule, PredictionCollector, TestPredic
 from anobench.metrics.evaluate import CategoryEvaluation, evaluate_category
 from anobench.protocol import EVALUATION_RESOLUTIONS
 from anobench.quiet import quiet_third_party
+from anobench.results.export import MAPS_DIR, export_maps
 from anobench.results.identity import config_hash
 from anobench.results.portable import portable_command, portable_config, portable_path
 from anobench.results.record import (
     device_info, failure_info, git_sha, library_versions, now_iso, peak_memory, write_result,
 )
 from anobench.tasks import ddp
+from anobench.tasks.thresholds import (
+    HoldoutScores, ThresholdSetting, decision_thresholds, pixel_threshold, score_holdout, threshold_label,
+    thresholds_record,
+)
 from anobench.visualize.task import VisualizeSettings, record_figures
 
 CHECKPOINT_DIR = "checkpoints"
@@ -181,6 +186,7 @@ class TestOutcome:
     evaluation: CategoryEvaluation  # metrics and curves of the evaluated samples
     extra: dict[str, Any] = field(default_factory=dict)  # the method's own evaluation entries
     timings: dict[str, float] = field(default_factory=dict)
+    holdout: HoldoutScores | None = None  # the normal images held out of training (data.holdout_normal), scored
 
     @property
     def maps(self) -> list[np.ndarray]:
@@ -222,8 +228,14 @@ def evaluate_on_test_set(module: AnomalyModule, datamodule: AnomalyDataModule, s
         resolution=settings.resolution,
         fpr_limit=settings.pro_fpr_limit,
     )
-    return TestOutcome(predictions=predictions, indices=indices, evaluation=evaluation,
-                       extra=module.extra_test_results(predictions), timings={"inference_s": inference_s})
+    extra = module.extra_test_results(predictions)
+    reference = module.score_reference(predictions.score_parts)
+    if reference:  # what the image score took from the whole test set: anobench predict scores new images with it
+        extra = {**extra, "score_reference": reference}
+    holdout = score_holdout(module, datamodule, trainer, reference)
+    timings = {"inference_s": inference_s, **({"holdout_s": holdout.seconds} if holdout else {})}
+    return TestOutcome(predictions=predictions, indices=indices, evaluation=evaluation, extra=extra,
+                       timings=timings, holdout=holdout)
 
 
 def testing_trainer(cfg: DictConfig, run_dir: Path, fitted: L.Trainer | None = None) -> L.Trainer:
@@ -240,6 +252,7 @@ def testing_trainer(cfg: DictConfig, run_dir: Path, fitted: L.Trainer | None = N
 def start_record(cfg: DictConfig, task: str) -> dict[str, Any]:
     """Everything that produced a run, known before it starts (paths portable: no machine's absolute path)."""
     apply_torch_threads(cfg)  # the first job of an in-process sweep would otherwise record the previous count
+    ThresholdSetting.from_config(cfg)  # a bad threshold setting fails here, before any training
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return {
         "task": task,
@@ -284,12 +297,32 @@ def record_outcome(record: dict[str, Any], run: BuiltRun, outcome: TestOutcome, 
     cfg, datamodule = run.cfg, run.datamodule
     record.update(status="ok", metrics=outcome.metrics, evaluation=outcome.evaluation_record(),
                   n_train_images=len(datamodule.index.train), n_test_images=len(datamodule.test_samples))
+    if datamodule.holdout_samples:
+        record["n_holdout_images"] = len(datamodule.holdout_samples)
+    thresholds = decision_thresholds(ThresholdSetting.from_config(cfg), outcome.evaluation, outcome.holdout)
+    if thresholds:  # anobench predict decides with them; the panels draw the pixel one
+        record["thresholds"] = thresholds_record(thresholds)
     samples = datamodule.test_samples
     record["figures"], figures_s = record_figures(
         run_dir, VisualizeSettings.from_config(cfg), outcome.maps, outcome.scores,
         [samples[i] for i in outcome.indices], lambda j: datamodule.load_mask(outcome.indices[j]),
-        outcome.evaluation, title=f"{cfg.method.name} on {cfg.data.dataset}/{cfg.data.category}, seed {cfg.seed}")
+        outcome.evaluation, title=f"{cfg.method.name} on {cfg.data.dataset}/{cfg.data.category}, seed {cfg.seed}",
+        pixel_threshold=pixel_threshold(thresholds), threshold_label=threshold_label(thresholds, "pixel"))
     outcome.timings["figures_s"] = figures_s
+
+
+def export_outcome_maps(cfg: DictConfig, run: BuiltRun, outcome: TestOutcome, run_dir: Path
+                        ) -> tuple[dict[str, Any], float]:
+    """`export.maps`: the evaluated test maps in MVTec's evaluation layout; result.json's ``export`` block."""
+    start = time.perf_counter()
+    out_dir = Path(cfg.export.get("dir") or run_dir / MAPS_DIR)
+    samples = run.datamodule.test_samples
+    folder = export_maps(out_dir, str(cfg.data.category), [samples[i] for i in outcome.indices], outcome.maps)
+    block = {"maps": portable_path(folder.resolve(), cfg) if cfg.export.get("dir") else
+             folder.relative_to(run_dir).as_posix(),
+             "layout": "<category>/test/<defect>/<stem>.tiff, float32, ground-truth resolution (MVTec AD evaluation)",
+             "n_maps": len(outcome.indices)}
+    return block, time.perf_counter() - start
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> None:
@@ -337,6 +370,8 @@ def execute(cfg: DictConfig, run_dir: Path, task: str, *, checkpoint: Path | Non
         outcome = evaluate_on_test_set(run.module, run.datamodule, EvaluationSettings.from_config(cfg), tester)
         record_outcome(record, run, outcome, run_dir)
         timings.update(outcome.timings)
+        if (cfg.get("export") or {}).get("maps"):
+            record["export"], timings["export_s"] = export_outcome_maps(cfg, run, outcome, run_dir)
     except Exception as error:
         failure = error
         record.update(status="failed", error=failure_info(error))

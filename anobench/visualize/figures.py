@@ -1,4 +1,4 @@
-"""Per-run pictures: input | ground-truth outline | heatmap panels, and the ROC / PRO curves.
+"""Per-run pictures: input | ground-truth outline | [predicted region | ] heatmap panels, and the ROC / PRO curves.
 
 Why: an AUROC alone hides a method that fires on the background or misses thin scratches; the maps
 next to the defects show it. Every panel of a run uses ONE colour scale (the min and max over all
@@ -124,29 +124,45 @@ def _display_size(width: int, height: int) -> tuple[int, int]:
 
 
 def write_panel(path: Path, image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, scale: ColourScale,
-                title: str) -> Path:
-    """input | ground-truth outline | heatmap overlay, with the run's colour bar."""
+                title: str, pixel_threshold: float | None = None, threshold_label: str | None = None) -> Path:
+    """input | ground-truth outline | [predicted region | ] heatmap overlay, with the run's colour bar.
+
+    The predicted region (map >= `pixel_threshold`, yellow, the ground truth in red beside it) is drawn only
+    when the run records a pixel threshold; `threshold_label` says how it was chosen.
+    """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10.5, 3.7), dpi=100)
-    axes = fig.subplots(1, 3)
+    predicted = pixel_threshold is not None
+    fig = Figure(figsize=(14.0 if predicted else 10.5, 3.7), dpi=100)
+    axes = fig.subplots(1, 4 if predicted else 3)
     axes[0].imshow(image)
     axes[0].set_title("input", fontsize=9)
     axes[1].imshow(image)
     if mask.any():
         axes[1].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=1.2)
     axes[1].set_title("ground truth" if mask.any() else "ground truth (no defect)", fontsize=9)
+    if predicted:
+        region = (np.asarray(anomaly_map) >= pixel_threshold).astype(float)
+        axes[2].imshow(image)
+        if region.any():
+            axes[2].contourf(region, levels=[0.5, 1.5], colors="yellow", alpha=0.35)
+            axes[2].contour(region, levels=[0.5], colors="yellow", linewidths=1.2)
+        if mask.any():
+            axes[2].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+        axes[2].set_title(f"predicted: map >= {pixel_threshold:.4g}" + (f"\n({threshold_label})" if threshold_label
+                                                                       else ""), fontsize=8)
+    heat = axes[-1]
     grey = image.astype(np.float64).mean(axis=2, keepdims=True) / 255.0
     overlay = 0.5 * np.repeat(grey, 3, axis=2) + 0.5 * heatmap_rgba(anomaly_map, scale)[..., :3]
-    axes[2].imshow(np.clip(overlay, 0.0, 1.0))
+    heat.imshow(np.clip(overlay, 0.0, 1.0))
     if mask.any():
-        axes[2].contour(mask.astype(float), levels=[0.5], colors="white", linewidths=0.8)
-    axes[2].set_title("anomaly map (run-wide scale)", fontsize=9)
+        heat.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=0.8)
+    heat.set_title("anomaly map (run-wide scale)", fontsize=9)
     for ax in axes:
         ax.set_axis_off()
-    fig.colorbar(ScalarMappable(Normalize(scale.vmin, scale.vmax), HEATMAP_CMAP), ax=axes[2], fraction=0.046, pad=0.04)
+    fig.colorbar(ScalarMappable(Normalize(scale.vmin, scale.vmax), HEATMAP_CMAP), ax=heat, fraction=0.046, pad=0.04)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path)
@@ -161,6 +177,8 @@ def write_panels(
     get_mask: Callable[[int], np.ndarray],
     scale: ColourScale,
     max_per_defect: int,
+    pixel_threshold: float | None = None,
+    threshold_label: str | None = None,
 ) -> list[dict[str, Any]]:
     """One panel per selected test image; returns what each panel shows (for the manifest)."""
     from PIL import Image
@@ -178,7 +196,8 @@ def write_panels(
         mask = downsample_mask(get_mask(i), size)
         name = panel_name(sample)
         write_panel(out_dir / name, pixels, mask, upsample_map(maps[i], size), scale,
-                    f"{sample.defect_type} / {Path(sample.image_path).name}   score {float(scores[i]):.4g}")
+                    f"{sample.defect_type} / {Path(sample.image_path).name}   score {float(scores[i]):.4g}",
+                    pixel_threshold, threshold_label)
         written.append({"file": f"{PANELS_DIR}/{name}", "index": i, "defect_type": sample.defect_type,
                         "image": str(sample.image_path), "score": float(scores[i])})
     return written
@@ -194,12 +213,15 @@ def write_run_figures(
     evaluation: CategoryEvaluation,
     max_per_defect: int = 3,
     title: str = "",
+    pixel_threshold: float | None = None,
+    threshold_label: str | None = None,
 ) -> dict[str, Any]:
     """Write <run_dir>/figures/{panels/*.png, curves.png, figures.json}; return the manifest.
 
     maps / scores / samples are the evaluated test images in test-sample order, ``get_mask(i)`` returns
     sample i's mask at its original resolution, ``evaluation`` is what the metrics computed (its metrics
-    label the curves, its curves are drawn). Paths in the manifest are relative to the figures folder.
+    label the curves, its curves are drawn). Paths in the manifest are relative to the figures folder. With a
+    ``pixel_threshold`` (result.json's ``thresholds.pixel``) each panel also shows the predicted region.
     """
     if len(maps) != len(samples) or len(scores) != len(samples):
         raise ValueError(f"got {len(maps)} maps and {len(scores)} scores for {len(samples)} test samples")
@@ -210,7 +232,8 @@ def write_run_figures(
     figures_dir = Path(run_dir) / FIGURES_DIR
     figures_dir.mkdir(parents=True, exist_ok=True)
     scale = run_colour_scale(maps)
-    panels = write_panels(figures_dir / PANELS_DIR, maps, scores, samples, get_mask, scale, int(max_per_defect))
+    panels = write_panels(figures_dir / PANELS_DIR, maps, scores, samples, get_mask, scale, int(max_per_defect),
+                          pixel_threshold, threshold_label)
     write_curves(figures_dir / CURVES_FILE, evaluation.curves, evaluation.metrics, evaluation.fpr_limit, title)
     manifest = {
         "colour_scale": {"vmin": scale.vmin, "vmax": scale.vmax, "cmap": HEATMAP_CMAP, "scope": "run"},
@@ -220,6 +243,7 @@ def write_run_figures(
         "curve_points": {name: {"drawn": int(len(c.x)), "exact": int(c.n_exact)}
                          for name, c in vars(evaluation.curves).items() if c is not None},
         "pro_fpr_limit": evaluation.fpr_limit,
+        "pixel_threshold": None if pixel_threshold is None else {"value": pixel_threshold, "label": threshold_label},
     }
     (figures_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return manifest

@@ -53,7 +53,8 @@ def eval_visualize_settings(run_cfg: DictConfig, eval_cfg: DictConfig) -> dict[s
 
 def record_figures(run_dir: Path, settings: VisualizeSettings, maps: Sequence[np.ndarray], scores: np.ndarray,
                    samples: Sequence[Any], get_mask: Callable[[int], np.ndarray], evaluation: CategoryEvaluation,
-                   title: str) -> tuple[dict[str, Any], float]:
+                   title: str, pixel_threshold: float | None = None,
+                   threshold_label: str | None = None) -> tuple[dict[str, Any], float]:
     """Write the run's figures when enabled; return (result.json's ``figures`` block, seconds spent).
 
     A figure that cannot be drawn must not cost the run its metrics: the error is recorded and printed.
@@ -63,7 +64,8 @@ def record_figures(run_dir: Path, settings: VisualizeSettings, maps: Sequence[np
     start = time.perf_counter()
     try:
         manifest = write_run_figures(run_dir, maps, scores, samples, get_mask, evaluation,
-                                     max_per_defect=settings.max_per_defect, title=title)
+                                     max_per_defect=settings.max_per_defect, title=title,
+                                     pixel_threshold=pixel_threshold, threshold_label=threshold_label)
         block = {
             "enabled": True,
             "dir": FIGURES_DIR,

@@ -18,10 +18,14 @@ from anobench.methods.mnad.torch_model import MNADModel, feature_losses
 from anobench.methods.registry import register_method
 
 
-def min_max(values: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] over the array (all zeros when constant), as the official anomaly_score_list."""
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+def min_max(values: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
+    """Scale to [0, 1] over the array, as the official anomaly_score_list, or by a test set's recorded `low` and
+    `high` (anobench predict; in the array's dtype, so the test set's own values give the same numbers); all
+    zeros when the range is empty."""
+    low = values.min() if low is None else values.dtype.type(low)
+    high = values.max() if high is None else values.dtype.type(high)
+    span = high - low
+    return (values - low) / span if span > 0 else np.zeros_like(values)
 
 
 @register_method("mnad")
@@ -86,10 +90,21 @@ class MNAD(AnomalyModule):
         model.error_scale.fill_(max(float(np.mean(errors)), 1e-12))
         model.distance_scale.fill_(max(float(np.mean(distances)), 1e-12))
 
-    def finalize_test_scores(self, scores: np.ndarray, score_parts: np.ndarray | None) -> np.ndarray:
-        """1 − [α·minmax(PSNR) + (1 − α)·(1 − minmax(compactness distance))] over the test set."""
+    def score_reference(self, score_parts: np.ndarray | None) -> dict[str, float]:
+        """The test set's min and max of PSNR and of the compactness distance (the min-max of the score)."""
         if score_parts is None:
+            return {}
+        psnr, distance = score_parts[:, 0], score_parts[:, 1]
+        return {"psnr_min": float(psnr.min()), "psnr_max": float(psnr.max()),
+                "distance_min": float(distance.min()), "distance_max": float(distance.max())}
+
+    def finalize_scores(self, scores: np.ndarray, score_parts: np.ndarray | None,
+                        reference: dict[str, float]) -> np.ndarray:
+        """1 − [α·minmax(PSNR) + (1 − α)·(1 − minmax(compactness distance))], min-max by the test set's `reference`
+        (over the test set itself in the test stage; the recorded one for `anobench predict`)."""
+        if score_parts is None or not reference:
             return scores
         alpha = self.model.alpha
-        normality = alpha * min_max(score_parts[:, 0]) + (1 - alpha) * (1 - min_max(score_parts[:, 1]))
-        return 1 - normality
+        psnr = min_max(score_parts[:, 0], reference["psnr_min"], reference["psnr_max"])
+        distance = min_max(score_parts[:, 1], reference["distance_min"], reference["distance_max"])
+        return 1 - (alpha * psnr + (1 - alpha) * (1 - distance))
