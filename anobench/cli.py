@@ -7,7 +7,7 @@
     anobench leaderboard [--results-dir results]
     anobench report [--results-dir results] [--output FILE]
     anobench reproduce --check <results dir> [--allow-reduced] | --check <suite> --expected | --write-expected <suite>
-    anobench data download mvtec --root DIR [--archive FILE]
+    anobench data download {mvtec,visa,btad,mpdd} --root DIR [--archive FILE] [--url URL]
     anobench data synth --root DIR [--category weave ...]
 
 Hydra verbs are dispatched on argv before the @hydra.main function is built, so each verb has its
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from anobench.config import (
-    COMMAND_ENV, DATA_DIR_ENV, GROUPS, JOB_LOG_ENV, MVTEC_ROOT_ENV, config_dir, default_results_dir, group_options,
+    COMMAND_ENV, DATA_DIR_ENV, DATASET_ROOT_ENVS, GROUPS, JOB_LOG_ENV, MVTEC_ROOT_ENV, config_dir, default_results_dir,
+    group_options,
 )
 from anobench.errors import AnobenchError
 from anobench.tasks.ddp import job_argv, rank_command
@@ -59,7 +60,8 @@ def usage() -> str:
         "  report       write <dir>/report.html: leaderboard, each run's heatmaps/curves and provenance",
         "  reproduce    reproduce --check DIR [--allow-reduced]: ours vs the papers' numbers, within tolerance?",
         "               --check SUITE --expected | --write-expected SUITE: a suite vs its stored expected ranges",
-        "  data         data download mvtec --root DIR [--archive FILE] | data synth --root DIR",
+        "  data         data download {mvtec,visa,btad,mpdd} --root DIR [--archive FILE] [--url URL]\n"
+        "               | data synth --root DIR",
         "",
         "Hydra flags work after train/eval: --cfg job, --info, -m/--multirun, hydra/launcher=joblib.",
         "",
@@ -191,23 +193,29 @@ def report_command(args: list[str]) -> int:
 def data_command(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="anobench data", description="Get or generate datasets")
     sub = parser.add_subparsers(dest="action", required=True)
-    download = sub.add_parser("download", help="download (resumable) and verify MVTec AD")
-    download.add_argument("dataset", choices=["mvtec"])
-    download.add_argument("--root", default=os.environ.get(MVTEC_ROOT_ENV),
-                          help="folder to hold the 15 category folders (default: $ANOBENCH_MVTEC_ROOT)")
-    download.add_argument("--archive", default=None, help="an already-downloaded mvtec_anomaly_detection.tar.xz")
+    download = sub.add_parser("download", help="download (resumable), verify and extract a dataset archive")
+    download.add_argument("dataset", choices=list(DATASET_ROOT_ENVS))
+    download.add_argument("--root", default=None,
+                          help="folder to extract into (default: $ANOBENCH_MVTEC_ROOT, $ANOBENCH_VISA_ROOT, ...)")
+    download.add_argument("--archive", default=None, help="an archive downloaded by hand (verified the same way)")
+    download.add_argument("--url", default=None, help="download from this URL instead of the built-in link")
     synth = sub.add_parser("synth", help="generate the synthetic categories (MVTec layout)")
     synth.add_argument("--root", default=os.path.join(os.environ.get(DATA_DIR_ENV, "data"), "synthetic"))
     synth.add_argument("--category", action="append", help="default: all synthetic categories")
     synth.add_argument("--seed", type=int, default=0)
     ns = parser.parse_args(args)
     if ns.action == "download":
-        from anobench.data import download_mvtec
+        from anobench.data.download import DATASETS, download_dataset
 
-        if not ns.root:
-            raise AnobenchError(f"anobench data download: give --root DIR or set {MVTEC_ROOT_ENV}")
-        root = download_mvtec(ns.root, archive=Path(ns.archive) if ns.archive else None)
-        print(f"MVTec AD ready in {root}; use data.root={root} or export {MVTEC_ROOT_ENV}={root}")
+        env = DATASET_ROOT_ENVS[ns.dataset]
+        root = ns.root or os.environ.get(env)
+        if not root:
+            raise AnobenchError(f"anobench data download {ns.dataset}: give --root DIR or set {env}")
+        root = download_dataset(ns.dataset, root, archive=Path(ns.archive) if ns.archive else None, url=ns.url)
+        if ns.dataset == "mvtec":
+            print(f"MVTec AD ready in {root}; use data.root={root} or export {MVTEC_ROOT_ENV}={root}")
+        else:
+            print(f"{DATASETS[ns.dataset].title} extracted in {root} (anobench has no loader for it yet)")
         return 0
     from anobench.data import SYNTHETIC_CATEGORIES, ensure_synthetic
 

@@ -44,6 +44,11 @@ COMMITTED_RESULTS_DIR = "results"  # the committed reference numbers: `anobench 
 
 # Every environment variable anobench reads or sets, named once.
 MVTEC_ROOT_ENV = "ANOBENCH_MVTEC_ROOT"  # folder holding the 15 MVTec AD category folders (paths.mvtec_root)
+# Default --root of `anobench data download visa|btad|mpdd` (extraction only: no loader reads them yet).
+VISA_ROOT_ENV = "ANOBENCH_VISA_ROOT"
+BTAD_ROOT_ENV = "ANOBENCH_BTAD_ROOT"
+MPDD_ROOT_ENV = "ANOBENCH_MPDD_ROOT"
+DATASET_ROOT_ENVS = {"mvtec": MVTEC_ROOT_ENV, "visa": VISA_ROOT_ENV, "btad": BTAD_ROOT_ENV, "mpdd": MPDD_ROOT_ENV}
 DATA_DIR_ENV = "ANOBENCH_DATA_DIR"  # generated synthetic categories go to <it>/synthetic (paths.data_dir)
 OFFLINE_ENV = "ANOBENCH_OFFLINE"  # set: never try to download pretrained weights
 # Set while a Hydra verb (train, eval) runs, so that processes Lightning's DDP launcher starts (same argv,
