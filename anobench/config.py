@@ -73,6 +73,15 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("anobench", protocol)
 
 
+def over_run_settings(run_cfg, eval_cfg, block: str, keys: tuple[str, ...]) -> dict:  # noqa: ANN001 - DictConfigs
+    """`block` of a re-test (eval): each of `keys` from the eval's config where it is set (not null), else the
+    trained run's (None when a run recorded before the block existed lacks it)."""
+    run_settings = run_cfg.get(block) or {}
+    eval_settings = eval_cfg.get(block) or {}
+    return {key: eval_settings.get(key) if eval_settings.get(key) is not None else run_settings.get(key)
+            for key in keys}
+
+
 def is_smoke(cfg) -> bool:  # noqa: ANN001 - a run's DictConfig
     """A smoke run (conf/trainer/smoke.yaml sets ``trainer.smoke: true``): labelled "smoke", no figures by default."""
     return bool(cfg.trainer.get("smoke", False))

@@ -36,8 +36,18 @@ class AnomalyOutput(NamedTuple):
     pred_score: torch.Tensor  # B, higher = more anomalous
     score_parts: torch.Tensor | None = None  # B×k, see above
 
+    def on_cpu(self) -> "AnomalyOutput":
+        """Detached float32 copies on the CPU: what the test loop and `anobench predict` keep of a batch."""
+        parts = self.score_parts
+        return AnomalyOutput(self.anomaly_map.detach().float().cpu(), self.pred_score.detach().float().cpu(),
+                             None if parts is None else parts.detach().float().cpu())
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+def stack_scores(outputs: list[AnomalyOutput]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image scores (N) and score parts (N×k, or None) of CPU outputs, concatenated in order."""
+    scores = np.concatenate([o.pred_score.numpy().reshape(-1) for o in outputs])
+    with_parts = [o.score_parts.numpy() for o in outputs if o.score_parts is not None]
+    return scores, (np.concatenate(with_parts) if with_parts else None)
 
 
 class TestBatchOutput(NamedTuple):
@@ -85,9 +95,8 @@ class PredictionCollector(L.Callback):
         if len(indices) != len(labels) or not np.array_equal(indices[order], np.arange(len(labels))):
             raise RuntimeError("test loop did not see every test image exactly once")
         maps = [m for b in self.batches for m in b.output.anomaly_map.numpy()]
-        scores = np.concatenate([b.output.pred_score.numpy().reshape(-1) for b in self.batches])[order]
-        with_parts = [b.output.score_parts for b in self.batches if b.output.score_parts is not None]
-        parts = np.concatenate([p.numpy() for p in with_parts])[order] if with_parts else None
+        scores, parts = stack_scores([b.output for b in self.batches])
+        scores, parts = scores[order], None if parts is None else parts[order]
         scores = np.asarray(module.finalize_test_scores(scores, parts), dtype=np.float64)
         return TestPredictions(maps=[maps[i] for i in order], scores=scores, score_parts=parts,
                                labels=np.asarray(labels))
@@ -181,10 +190,4 @@ class AnomalyModule(L.LightningModule):
         self.prepare_inference(self.data().inference_train_dataloader())
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> TestBatchOutput:
-        output = self.model(batch["image"])
-        parts = output.score_parts
-        return TestBatchOutput(
-            indices=batch["index"].detach().cpu(),
-            output=AnomalyOutput(output.anomaly_map.detach().float().cpu(), output.pred_score.detach().float().cpu(),
-                                 None if parts is None else parts.detach().float().cpu()),
-        )
+        return TestBatchOutput(indices=batch["index"].detach().cpu(), output=self.model(batch["image"]).on_cpu())

@@ -28,6 +28,12 @@ def map_path(out_dir: Path, category: str, sample: Any) -> Path:
     return Path(out_dir) / category / "test" / sample.defect_type / f"{Path(sample.image_path).stem}.tiff"
 
 
+def map_at_image_size(anomaly_map: np.ndarray, image_path: str | Path) -> np.ndarray:
+    """A model-resolution map upsampled to its image's (= ground truth's) size, as the evaluator upsamples it."""
+    width, height = image_size(Path(image_path))
+    return upsample_map(anomaly_map, (height, width))
+
+
 def export_maps(out_dir: str | Path, category: str, samples: Sequence[Any], maps: Sequence[np.ndarray]) -> Path:
     """Write one float32 TIFF per test sample at its image's resolution; returns ``<out>/<category>``.
 
@@ -42,10 +48,10 @@ def export_maps(out_dir: str | Path, category: str, samples: Sequence[Any], maps
     staging = Path(tempfile.mkdtemp(prefix=f".{category}-", dir=out_dir))
     try:
         for sample, anomaly_map in zip(samples, maps):
-            width, height = image_size(Path(sample.image_path))
             path = map_path(staging, category, sample)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(path, np.ascontiguousarray(upsample_map(anomaly_map, (height, width)), dtype=np.float32))
+            tifffile.imwrite(path, np.ascontiguousarray(map_at_image_size(anomaly_map, sample.image_path),
+                                                        dtype=np.float32))
         target = out_dir / category
         if target.exists():
             shutil.rmtree(target)

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from anobench.config import over_run_settings
 from anobench.errors import ConfigError
 from anobench.results.record import RESULT_FILE
 from anobench.tasks import run
@@ -68,8 +69,7 @@ def eval_config(cfg: DictConfig, checkpoint: Path) -> DictConfig:
     for key in ("threshold", "threshold_quantile"):  # runs recorded before thresholds existed lack the keys
         if cfg.get(key) is not None:
             run_cfg[key] = cfg[key]
-    run_cfg.export = {key: value if value is not None else (run_cfg.get("export") or {}).get(key)
-                      for key, value in (cfg.get("export") or {}).items()}
+    run_cfg.export = over_run_settings(run_cfg, cfg, "export", ("maps", "dir"))
     apply_overrides(run_cfg, cfg.get("overrides") or {})
     return run_cfg
 

@@ -20,7 +20,7 @@ import torch
 
 from anobench.data.datamodule import AnomalyDataModule
 from anobench.errors import DataError
-from anobench.methods.base import AnomalyModule, AnomalyOutput
+from anobench.methods.base import AnomalyModule, AnomalyOutput, stack_scores
 
 
 class Inference:
@@ -46,9 +46,7 @@ class Inference:
         """A batch of [0, 1] images (B×3×S×S, the datamodule's conversion) → the model's output on the CPU (float)."""
         with torch.inference_mode(), self.precision.test_step_context():
             out = self.module.model(images.to(self.device))
-        parts = out.score_parts
-        return AnomalyOutput(out.anomaly_map.detach().float().cpu(), out.pred_score.detach().float().cpu(),
-                             None if parts is None else parts.detach().float().cpu())
+        return out.on_cpu()
 
     def image_scores(self, outputs: Iterable[AnomalyOutput], reference: dict[str, float]) -> np.ndarray:
         """The image scores of `outputs` (in order), combined with a test set's score reference as the test stage
@@ -56,9 +54,7 @@ class Inference:
         outputs = list(outputs)
         if not outputs:
             return np.zeros(0)
-        scores = np.concatenate([o.pred_score.numpy().reshape(-1) for o in outputs])
-        with_parts = [o.score_parts.numpy() for o in outputs if o.score_parts is not None]
-        parts = np.concatenate(with_parts) if with_parts else None
+        scores, parts = stack_scores(outputs)
         return np.asarray(self.module.finalize_scores(scores, parts, dict(reference or {})), dtype=np.float64)
 
 

@@ -26,14 +26,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from anobench.data.datamodule import AnomalyDataModule
-from anobench.data.mvtec import image_size
 from anobench.errors import ConfigError
 from anobench.methods.base import AnomalyModule
-from anobench.metrics.evaluate import CategoryEvaluation, upsample_map
+from anobench.metrics.evaluate import CategoryEvaluation
+from anobench.results.export import map_at_image_size
 from anobench.tasks.inference import Inference, score_loader
 
 LEVELS = ("image", "pixel")
-MODES = ("none", "fixed", "normal_quantile", "f1_test")
 DEFAULT_QUANTILE = 0.99
 OPTIMISTIC_NOTE = "optimistic: chosen on the labelled test set it is scored on"
 HOLDOUT_HINT = ("hold normal images out of training to enable it: data.holdout_normal=0.1 (a fraction of "
@@ -124,10 +123,7 @@ def score_holdout(module: AnomalyModule, datamodule: AnomalyDataModule, trainer:
         return None
     start = time.perf_counter()
     maps, scores = score_loader(Inference(module, datamodule, trainer), datamodule.holdout_dataloader(), reference)
-    full = []
-    for sample, anomaly_map in zip(samples, maps):
-        width, height = image_size(sample.image_path)
-        full.append(upsample_map(anomaly_map, (height, width)))
+    full = [map_at_image_size(anomaly_map, sample.image_path) for sample, anomaly_map in zip(samples, maps)]
     return HoldoutScores(scores=scores, maps=full, seconds=time.perf_counter() - start)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from anobench.config import is_smoke
+from anobench.config import is_smoke, over_run_settings
 from anobench.errors import ConfigError
 from anobench.metrics.evaluate import CategoryEvaluation
 from anobench.visualize.figures import FIGURES_DIR, write_run_figures
@@ -45,10 +45,7 @@ class VisualizeSettings:
 
 def eval_visualize_settings(run_cfg: DictConfig, eval_cfg: DictConfig) -> dict[str, Any]:
     """The visualize block of an eval: the eval's non-null keys over the training run's (older runs have none)."""
-    run_settings = run_cfg.get("visualize") or {}
-    eval_settings = eval_cfg.get("visualize") or {}
-    return {key: eval_settings.get(key) if eval_settings.get(key) is not None else run_settings.get(key)
-            for key in ("enabled", "max_per_defect")}
+    return over_run_settings(run_cfg, eval_cfg, "visualize", ("enabled", "max_per_defect"))
 
 
 def record_figures(run_dir: Path, settings: VisualizeSettings, maps: Sequence[np.ndarray], scores: np.ndarray,
