@@ -2,11 +2,12 @@
 
     anobench train [method=patch_svdd] [data=synthetic/washer] [trainer=cpu] [key=value ...] [-m ...]
     anobench eval checkpoint=<run dir>/checkpoints/last.ckpt [evaluation.resolution=model]
+    anobench eval method=patch_svdd data=mvtec/<category> weights.released=<the authors' enchier.pkl>
     anobench predict checkpoint=<run dir>/checkpoints/last.ckpt input=<file | folder | glob> [output=DIR]
     anobench bench suite=<name> [results_dir=DIR] [n_jobs=N | hydra/launcher=submitit_slurm ...] [dry_run=true] [...]
     anobench leaderboard [--results-dir results]
     anobench report [--results-dir results] [--output FILE]
-    anobench reproduce --check <results dir> [--allow-reduced] | --check <suite> --expected | --write-expected <suite>
+    anobench reproduce --check <results dir> [--allow-reduced] [--category NAME] | --check <suite> --expected | --write-expected <suite>
     anobench data download {mvtec,visa,btad,mpdd} --root DIR [--archive FILE] [--url URL]
     anobench data synth --root DIR [--category weave ...]
 
@@ -25,13 +26,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from anobench.config import (
-    COMMAND_ENV, DATA_DIR_ENV, DATASET_ROOT_ENVS, GROUPS, JOB_LOG_ENV, MVTEC_ROOT_ENV, config_dir, default_results_dir,
+    COMMAND_ENV, DATA_DIR_ENV, DATASET_ROOT_ENVS, GROUPS, JOB_LOG_ENV, config_dir, default_results_dir,
     group_options,
 )
 from anobench.errors import AnobenchError
 from anobench.tasks.ddp import job_argv, rank_command
 
 HYDRA_VERBS = {"train": ("train", "anobench.tasks.train:train"), "eval": ("eval", "anobench.tasks.evaluate:evaluate")}
+# `anobench eval ... weights.released=<file>`: a paper's released weights on the train config of method and data
+RELEASED_CONFIG = "eval_released"
+RELEASED_OVERRIDE = "weights.released="
 ZERO_JOBS_HINT = (
     "the sweep expanded to zero jobs. Hydra's glob() does not see nested groups such as mvtec/*: "
     "use `sweep=mvtec` (all 15 MVTec AD categories) or `sweep=synthetic`, or list the options, "
@@ -49,6 +53,8 @@ def usage() -> str:
         "               e.g. anobench train method=patch_svdd data=mvtec/bottle data.root=/path/to/mvtec",
         "               sweep: anobench train -m sweep=mvtec method=patch_svdd [hydra/launcher=joblib]",
         "  eval         re-test a checkpoint: anobench eval checkpoint=<run dir>/checkpoints/last.ckpt",
+        "               or a paper's released weights: anobench eval method=patch_svdd data=mvtec/bottle\n"
+        "               weights.released=<the authors' ckpts/bottle/enchier.pkl> (budget 'paper (released weights)', ‡)",
         "  predict      score your own images: anobench predict checkpoint=<run dir>/checkpoints/last.ckpt\n"
         "               input=<file | folder | glob> [output=DIR] [threshold=<number>]: scores.csv, maps/, overlays/",
         "  bench        run a suite (methods × categories × seeds), resumable, one leaderboard per suite",
@@ -58,7 +64,7 @@ def usage() -> str:
         "  leaderboard  rebuild <dir>/leaderboard.{md,csv} and report.html from the result files\n"
         "               (--results-dir DIR; default outputs/, the committed ones: --results-dir results)",
         "  report       write <dir>/report.html: leaderboard, each run's heatmaps/curves and provenance",
-        "  reproduce    reproduce --check DIR [--allow-reduced]: ours vs the papers' numbers, within tolerance?",
+        "  reproduce    reproduce --check DIR [--allow-reduced] [--category NAME]: ours vs the papers' numbers, within tolerance?",
         "               --check SUITE --expected | --write-expected SUITE: a suite vs its stored expected ranges",
         "  data         data download {mvtec,visa,btad,mpdd} --root DIR [--archive FILE] [--url URL]\n"
         "               | data synth --root DIR",
@@ -85,11 +91,18 @@ def _multirun_requested(args: Sequence[str]) -> bool:
     return any(a in ("-m", "--multirun") for a in args)
 
 
+def config_name_for(verb: str, args: Sequence[str]) -> str:
+    """The primary config of a Hydra verb: eval.yaml, or eval_released.yaml when `weights.released=` is set."""
+    if verb == "eval" and any(a.lstrip("+~").startswith(RELEASED_OVERRIDE) for a in args):
+        return RELEASED_CONFIG
+    return HYDRA_VERBS[verb][0]
+
+
 def run_hydra_verb(verb: str, args: list[str]) -> int:
     """Run a Hydra task with `args` as its command line; returns the process exit code."""
     import hydra
 
-    config_name, target = HYDRA_VERBS[verb]
+    config_name, target = config_name_for(verb, args), HYDRA_VERBS[verb][1]
     task = _load(target)
 
     def entry(cfg):  # noqa: ANN001 - Hydra passes a DictConfig
@@ -212,10 +225,8 @@ def data_command(args: list[str]) -> int:
         if not root:
             raise AnobenchError(f"anobench data download {ns.dataset}: give --root DIR or set {env}")
         root = download_dataset(ns.dataset, root, archive=Path(ns.archive) if ns.archive else None, url=ns.url)
-        if ns.dataset == "mvtec":
-            print(f"MVTec AD ready in {root}; use data.root={root} or export {MVTEC_ROOT_ENV}={root}")
-        else:
-            print(f"{DATASETS[ns.dataset].title} extracted in {root} (anobench has no loader for it yet)")
+        print(f"{DATASETS[ns.dataset].title} ready in {root}; train with data={ns.dataset}/<category> "
+              f"data.root={root}, or export {env}={root}")
         return 0
     from anobench.data import SYNTHETIC_CATEGORIES, ensure_synthetic
 

@@ -44,7 +44,7 @@ COMMITTED_RESULTS_DIR = "results"  # the committed reference numbers: `anobench 
 
 # Every environment variable anobench reads or sets, named once.
 MVTEC_ROOT_ENV = "ANOBENCH_MVTEC_ROOT"  # folder holding the 15 MVTec AD category folders (paths.mvtec_root)
-# Default --root of `anobench data download visa|btad|mpdd` (extraction only: no loader reads them yet).
+# Folders holding each dataset's categories (paths.visa_root, ...; also `anobench data download`'s default --root).
 VISA_ROOT_ENV = "ANOBENCH_VISA_ROOT"
 BTAD_ROOT_ENV = "ANOBENCH_BTAD_ROOT"
 MPDD_ROOT_ENV = "ANOBENCH_MPDD_ROOT"
@@ -72,6 +72,16 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("anobench"):
         OmegaConf.register_new_resolver("anobench", protocol)
 
+    def folder_name(root: object) -> str:
+        """``${anobench.folder_name:${data.root}}``: data=folder's default category, the root folder's own name
+        (``custom`` while no root is given)."""
+        if root is None or str(root) == "":
+            return "custom"
+        return Path(str(root)).expanduser().resolve().name or "custom"
+
+    if not OmegaConf.has_resolver("anobench.folder_name"):
+        OmegaConf.register_new_resolver("anobench.folder_name", folder_name)
+
 
 def over_run_settings(run_cfg, eval_cfg, block: str, keys: tuple[str, ...]) -> dict:  # noqa: ANN001 - DictConfigs
     """`block` of a re-test (eval): each of `keys` from the eval's config where it is set (not null), else the
@@ -80,6 +90,16 @@ def over_run_settings(run_cfg, eval_cfg, block: str, keys: tuple[str, ...]) -> d
     eval_settings = eval_cfg.get(block) or {}
     return {key: eval_settings.get(key) if eval_settings.get(key) is not None else run_settings.get(key)
             for key in keys}
+
+
+BUILTIN_DATASETS = ("mvtec", "visa", "btad", "mpdd", "synthetic")  # data.dataset values with their own loader
+
+
+def dataset_label(data) -> str:  # noqa: ANN001 - a run's `data` DictConfig or a plain mapping
+    """The dataset a run's result belongs to (its leaderboard section and Mean): ``data.name`` where the data
+    config names one (``data=folder``: the user's own dataset), else ``data.dataset`` (mvtec, visa, ...)."""
+    name = data.get("name") if hasattr(data, "get") else None
+    return str(name) if name else str(data["dataset"])
 
 
 def is_smoke(cfg) -> bool:  # noqa: ANN001 - a run's DictConfig

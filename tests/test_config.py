@@ -28,7 +28,9 @@ def test_every_group_option_composes_and_resolves(group, option):
     container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert container["method"]["name"]
     if group == "data":
-        assert f"{container['data']['dataset']}/{container['data']['category']}" == option
+        # data=folder (your own dataset) has no category configs: its category is the root folder's name
+        expected = "folder/custom" if option == "folder" else option
+        assert f"{container['data']['dataset']}/{container['data']['category']}" == expected
         assert _import_target(container["data"]["_target_"])
     if group == "method":
         cls = _import_target(container["method"]["module"]["_target_"])

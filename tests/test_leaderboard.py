@@ -201,3 +201,66 @@ def test_leaderboard_command_prints_the_requested_tables_and_writes_the_default(
     assert main(["leaderboard", "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "mvtec: PRO" in out and "pixel AP" not in out
+
+
+NO_MASKS = {"image_auroc": 0.7, "pixel_auroc": None, "pro": None, "image_ap": 0.8, "pixel_ap": None,
+            "image_f1_max": 0.75, "pixel_f1_max": None}
+
+
+def test_each_dataset_has_its_own_section_and_mean_and_null_pixel_metrics_render_as_n_a():
+    from anobench.results.render import NOT_COMPUTED_NOTE, to_markdown
+
+    results = [_record("m", "bottle", metrics={"image_auroc": 0.9, "pixel_auroc": 0.8, "pro": 0.6}),
+               _record("m", "default", dataset="widgets", metrics=NO_MASKS),
+               _record("m", "lot2", dataset="widgets", metrics={**NO_MASKS, "image_auroc": 0.5})]
+    for number, record in enumerate(results):
+        record["_path"] = f"runs/{number}/result.json"
+    board = build_leaderboard(results, paper={})
+    rows = _rows(board)
+    # MVTec AD's Mean is bottle's alone: the own dataset never enters it
+    assert rows[("mvtec", "Mean")][("m", "image_auroc")].mean == 0.9
+    assert rows[("mvtec", "Mean")][("m", "pro")].mean == 0.6
+    assert rows[("widgets", "Mean")][("m", "image_auroc")].mean == pytest.approx(0.6)
+    assert rows[("widgets", "default")]["kind"] == "other"
+    assert ("widgets", "Texture mean") not in rows and ("widgets", "Object mean") not in rows
+    # null = not computed (no masks): an n/a cell, and the Mean of a dataset with an n/a member is n/a
+    assert rows[("widgets", "default")][("m", "pixel_auroc")].not_computed
+    assert rows[("widgets", "Mean")][("m", "pixel_auroc")].mean is None
+    assert rows[("widgets", "Mean")][("m", "pixel_auroc")].not_computed
+    md = to_markdown(board, source="runs/")
+    assert NOT_COMPUTED_NOTE in md
+    widgets_pro = md.split("## widgets: PRO")[1].split("##")[0]
+    assert "| default | n/a |" in widgets_pro and "| **Mean** | n/a |" in widgets_pro
+    assert "| **Mean** | 0.600 |" in md.split("## mvtec: PRO")[1].split("##")[0]
+    assert "| **Mean** | 0.600 |" in md.split("## widgets: image AUROC")[1].split("##")[0]
+    by_row = {(r["dataset"], r["category"]): r for r in csv.DictReader(io.StringIO(to_csv(board)))}
+    assert by_row[("widgets", "default")]["m/pixel_auroc"] == "n/a"
+    assert by_row[("widgets", "Mean")]["m/pro"] == "n/a" and by_row[("mvtec", "Mean")]["m/pro"] == "0.600"
+    # a board without null metrics reads as before: no n/a legend
+    assert NOT_COMPUTED_NOTE not in to_markdown(build_leaderboard(results[:1], paper={}), source="runs/")
+
+
+def test_a_mean_with_a_null_member_is_null_and_a_missing_metric_is_not():
+    a = _record("m", "default", dataset="widgets", metrics=NO_MASKS)
+    b = _record("m", "lot2", dataset="widgets", metrics={**NO_MASKS, "pixel_auroc": 0.7})
+    mean = _rows(build_leaderboard([a, b], paper={}))[("widgets", "Mean")][("m", "pixel_auroc")]
+    assert mean.mean is None and mean.not_computed
+    # an older record without the key (not null) keeps the old rule: the mean over the categories with a value
+    c = _record("m", "lot3", dataset="widgets", metrics={"image_auroc": 0.5, "pro": 0.4})
+    mean = _rows(build_leaderboard([b, c], paper={}))[("widgets", "Mean")][("m", "pixel_auroc")]
+    assert (mean.mean, mean.n, mean.of, mean.not_computed) == (0.7, 1, 2, False)
+
+
+def test_category_kinds_per_dataset():
+    from anobench.results.leaderboard import category_kind
+
+    assert category_kind("mvtec", "carpet") == "texture" and category_kind("mvtec", "bottle") == "object"
+    assert all(category_kind(d, c) == "object" for d, c in (("visa", "candle"), ("btad", "01"), ("mpdd", "tubes")))
+    assert category_kind("widgets", "default") == "other"
+    # an mvtec row of a category MVTec AD has not (an older record) is shown, never averaged into its Mean
+    results = [_record("m", "bottle", metrics={"image_auroc": 0.9, "pixel_auroc": 0.8, "pro": 0.6}),
+               _record("m", "widgets", metrics={"image_auroc": 0.1, "pixel_auroc": 0.1, "pro": 0.1})]
+    rows = _rows(build_leaderboard(results, paper={}))
+    assert rows[("mvtec", "widgets")]["kind"] == "other"
+    assert rows[("mvtec", "Mean")][("m", "image_auroc")].mean == 0.9
+    assert ("mvtec", "Object mean") not in rows  # it would repeat the Mean

@@ -76,7 +76,9 @@ def test_literal_absolute_roots_become_the_environment_default_or_relative_to_th
                     "paths.data_dir=data"])
     portable = portable_config(cfg)
     assert portable["paths"] == {"results_dir": "out/suite", "data_dir": "data",
-                                 "mvtec_root": "${oc.env:ANOBENCH_MVTEC_ROOT,null}"}
+                                 "mvtec_root": "${oc.env:ANOBENCH_MVTEC_ROOT,null}",
+                                 **{f"{name}_root": f"${{oc.env:ANOBENCH_{name.upper()}_ROOT,null}}"
+                                    for name in ("visa", "btad", "mpdd")}}
     assert portable["data"]["root"] == "${paths.mvtec_root}"
     assert config_hash(portable) == config_hash(OmegaConf.to_container(cfg, resolve=True))
 

@@ -229,7 +229,8 @@ def test_input_errors_are_one_clear_message(runs, tmp_path):
     # the training images rebuild the inference state: unreachable, the error says so
     cfg = predict_task.predict_config([
         f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}", f"input={runs.data / 'synthetic' / 'washer' / 'test'}",
-        f"output={tmp_path / 'out2'}", f"data_root={tmp_path / 'nowhere'}", "+overrides.data.dataset=mvtec"])
+        f"output={tmp_path / 'out2'}", f"data_root={tmp_path / 'nowhere'}", "+overrides.data.dataset=mvtec",
+        "+overrides.data.category=bottle"])  # washer is no MVTec AD category: that would be a ConfigError first
     with pytest.raises(DataError, match="training images"):
         predict_task.predict(cfg, progress=False)
     assert not (tmp_path / "out2").exists()

@@ -326,3 +326,31 @@ def test_a_run_without_figures_says_why_and_how_to_draw_them(results_folder):
     assert "no figures in this run folder" not in text
     assert "CC BY-NC-SA" in text and "anobench eval checkpoint=&lt;run dir&gt;/checkpoints/last.ckpt " \
                                       "visualize.enabled=true" in text
+
+
+def test_without_masks_the_figures_leave_out_the_pixel_curves_and_the_ground_truth(category, tmp_path):
+    samples = category.test
+    maps = _maps(samples)
+    labels = np.array([s.label for s in samples])
+    sizes = [_mask(samples, i).shape for i in range(len(samples))]
+    results = evaluate_category(maps, np.array([m.max() for m in maps]), None, labels, image_sizes=sizes)
+    manifest = write_run_figures(tmp_path, maps, np.array([m.max() for m in maps]), samples, None, results,
+                                 max_per_defect=1, title="no masks", pixel_threshold=0.5)
+    assert set(manifest["curve_points"]) == {"image_roc"}  # no pixel ROC, no PRO
+    with Image.open(tmp_path / "figures" / "curves.png") as curves:
+        assert curves.size == (520, 460)  # the image ROC alone (one axis), not the ROC | PRO pair
+    with Image.open(tmp_path / "figures" / manifest["panels"][0]["file"]) as panel:
+        assert panel.size[0] == 1050  # input | predicted | heatmap: no ground-truth column
+
+
+def test_the_report_and_the_leaderboard_show_null_metrics(tmp_path):
+    record = {**_record("patch_svdd", "default", 0), "dataset": "widgets",
+              "metrics": {"image_auroc": 0.9, "pixel_auroc": None, "pro": None},
+              "evaluation": {"resolution": "ground_truth", "fpr_limit": 0.3,
+                             "pixel_metrics": "not computed: the dataset has no ground-truth masks"}}
+    write_result(tmp_path / "runs" / "a", record)
+    publish(tmp_path)
+    text = (tmp_path / REPORT_FILE).read_text()
+    assert "pixel_auroc n/a" in text and "not computed: the dataset has no ground-truth masks" in text
+    assert "| default | n/a |" in (tmp_path / "leaderboard.md").read_text()
+    assert (tmp_path / "plots" / "widgets_pro.svg").is_file()

@@ -19,13 +19,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from anobench.data.mvtec import CategoryIndex, Sample, check_decodable, image_size, index_category, load_image, load_mask, resolve_root
+from anobench.config import BUILTIN_DATASETS
+from anobench.data.layouts import DATASET_CATEGORIES, DATASET_TITLES, index_dataset
+from anobench.data.mvtec import CategoryIndex, Sample, check_decodable, image_size, load_image, load_mask, resolve_root
 from anobench.data.synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic
 from anobench.errors import ConfigError
 
 __all__ = ["AnomalyDataModule", "AUGMENT_KEYS", "DEFAULT_SYNTHETIC_ROOT", "DataIdentity", "input_pixels", "input_tensor"]
 
-DATASETS = ("mvtec", "synthetic")
+DATASETS = ("mvtec", "synthetic", "mpdd", "btad", "visa", "folder")
+# data=folder's layout options when not given (as conf/data_base/folder.yaml sets them)
+FOLDER_DEFAULTS = {"normal_dir": "good", "mask_dir": "ground_truth", "mask_suffix": "_mask"}
 AUGMENT_KEYS = ("hflip", "vflip", "rotate90", "color_jitter")
 SYNTHETIC_KEYS = ("seed", "image_size", "n_train", "n_test_good", "n_test_per_defect")
 DEFAULT_SYNTHETIC_ROOT = Path("data") / "synthetic"
@@ -181,6 +185,41 @@ def _known_keys(name: str, given: dict | None, allowed: tuple[str, ...] | list[s
     return given
 
 
+def _check_category(dataset: str, category: Any) -> None:
+    """A category outside a benchmark's own list would be averaged into its Mean: refuse it, pointing to data=folder."""
+    if dataset == "folder":
+        if not isinstance(category, str) or not category:
+            raise ConfigError(f"data.category={category!r} is invalid; expected a name for your dataset's category "
+                              "(conf/data/folder.yaml: the root folder's name by default)")
+        return
+    if dataset == "synthetic":
+        if category not in SYNTHETIC_CATEGORIES:
+            raise ConfigError(f"data.category='{category}' is not a synthetic category; expected one of: "
+                              f"{', '.join(SYNTHETIC_CATEGORIES)}")
+        return
+    categories = DATASET_CATEGORIES[dataset]
+    if category not in categories:
+        title = DATASET_TITLES[dataset]
+        quoted = " (quote it: data.category='\"01\"' or use data=btad/01)" if isinstance(category, int) else ""
+        raise ConfigError(
+            f"data.category={category!r} is not a {title} category{quoted}; expected one of: {', '.join(categories)}. "
+            f"For your own images (also in {title}'s folder layout) use data=folder data.root=<folder> "
+            f"(docs/usage.md, \"Your own dataset\"): they get their own leaderboard section instead of entering "
+            f"the {title} Mean")
+
+
+def _check_name(name: Any) -> str:
+    """data=folder's dataset name (its leaderboard section); a built-in dataset's name would mix the two."""
+    if name is None or name == "":
+        return "custom"
+    if not isinstance(name, str):
+        raise ConfigError(f"data.name={name!r} is invalid; expected a name for your dataset, e.g. data.name=screws")
+    if name.strip().lower() in BUILTIN_DATASETS:
+        raise ConfigError(f"data.name='{name}' is the name of a built-in dataset ({', '.join(BUILTIN_DATASETS)}); "
+                          "name your own dataset otherwise, so that its results never enter that dataset's Mean")
+    return name
+
+
 def _check_holdout(value: Any) -> None:
     ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
         isinstance(value, float) and 0.0 <= value < 1.0)
@@ -203,7 +242,8 @@ def holdout_indices(n_train: int, holdout: int | float, seed: int) -> list[int]:
 
 
 class AnomalyDataModule(L.LightningDataModule):
-    """MVTec AD or a synthetic category as train / inference-train / test loaders.
+    """A category of MVTec AD, MPDD, BTAD, VisA, a synthetic one or your own folder as train / inference-train /
+    test loaders (each release read as it lays out its files: anobench/data/layouts.py).
 
     What a method may use beyond batches: its LightningModule reaches the datamodule through
     ``AnomalyModule.data()`` (an `AnomalyDataModule`, checked) and uses only this declared interface, never
@@ -221,6 +261,8 @@ class AnomalyDataModule(L.LightningDataModule):
                                      what a per-category cache keys on
         augment, image_size          the training augmentation ({} = none) and the square input size
         dataset, category, synthetic the configured source (the synthetic generator's settings, {} for MVTec)
+        has_masks                    whether the defective test images have pixel ground truth (False: your own
+                                     data without masks; load_mask(i) is then all False, pixel metrics are skipped)
 
     Who uses what: Patch SVDD keeps ``training_images()`` and turns on ``train_indices_only`` (without
     ``augment``); Uninformed Students holds validation images out (``exclude_from_training``) and keys its
@@ -246,15 +288,25 @@ class AnomalyDataModule(L.LightningDataModule):
         synthetic: dict | None = None,
         seed: int = 0,
         holdout_normal: int | float = 0,
+        name: str | None = None,
+        normal_dir: str | None = None,
+        mask_dir: str | None = None,
+        mask_suffix: str | None = None,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset='{dataset}' is not supported; expected one of: {', '.join(DATASETS)}")
-        if dataset == "synthetic" and category not in SYNTHETIC_CATEGORIES:
-            raise ConfigError(
-                f"data.category='{category}' is not a synthetic category; expected one of: "
-                f"{', '.join(SYNTHETIC_CATEGORIES)}"
-            )
+        _check_category(dataset, category)
+        folder_options = {"normal_dir": normal_dir, "mask_dir": mask_dir, "mask_suffix": mask_suffix}
+        if dataset == "folder":
+            name = _check_name(name)
+            folder_options = {k: FOLDER_DEFAULTS[k] if v is None else v for k, v in folder_options.items()}
+        else:
+            given = [f"data.{k}" for k, v in {"name": name, **folder_options}.items() if v is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} only apply to data=folder (your own dataset); data.dataset="
+                                  f"'{dataset}' is read as its release lays out its files")
+            folder_options = {}
         for key, value, low in (
             ("image_size", image_size, 8),
             ("train_batch_size", train_batch_size, 1),
@@ -282,6 +334,8 @@ class AnomalyDataModule(L.LightningDataModule):
         self.synthetic = synthetic
         self.seed = int(seed)
         self.holdout_normal = holdout_normal
+        self.name = name  # data=folder: the dataset's name (its leaderboard section); None otherwise
+        self.folder_options = folder_options  # data=folder: normal_dir, mask_dir, mask_suffix; {} otherwise
         self.holdout_samples: list[Sample] = []  # setup(): train/good images held out of training (holdout_normal)
         self.index: CategoryIndex | None = None
         self._datasets: dict[str, _ImageDataset] = {}
@@ -295,10 +349,15 @@ class AnomalyDataModule(L.LightningDataModule):
         return DataIdentity(self.dataset, self.category, self.root, self.image_size)
 
     # --- setup -------------------------------------------------------------------------------
+    @property
+    def has_masks(self) -> bool:
+        """Whether the defective test images have pixel ground truth (indexes the category on first use)."""
+        return any(s.mask_path is not None for s in self.test_samples if s.label)
+
     def _root(self) -> Path:
         if self.dataset == "synthetic":
             return Path(self.root).expanduser() if self.root else DEFAULT_SYNTHETIC_ROOT
-        return resolve_root(self.root)
+        return resolve_root(self.root, self.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         """Index the category once (generating a synthetic one on first use)."""
@@ -307,7 +366,7 @@ class AnomalyDataModule(L.LightningDataModule):
         root = self._root()
         if self.dataset == "synthetic":
             ensure_synthetic(root, self.category, **self.synthetic)
-        index = index_category(root, self.category)
+        index = index_dataset(self.dataset, root, self.category, **self.folder_options)
         check_decodable(index)
         held = set(holdout_indices(len(index.train), self.holdout_normal, self.seed))
         if held:

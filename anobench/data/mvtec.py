@@ -8,6 +8,8 @@ the official MVTec AD, the synthetic categories and user datasets in the same la
     <root>/<category>/test/<good|defect>/*.png
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png
 
+and, through a `Layout` (other normal-folder and mask names, masks optional), the releases that follow
+the same scheme (anobench/data/layouts.py: MPDD, BTAD, VisA converted, your own folder).
 Masks without a matching test image are ignored with a DataWarning naming them (never an error).
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anobench.config import MVTEC_ROOT_ENV
+from anobench.config import DATASET_ROOT_ENVS, MVTEC_ROOT_ENV
 from anobench.errors import DataError, DataWarning
 
 __all__ = [
@@ -32,7 +34,11 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Sample",
     "CategoryIndex",
+    "Layout",
+    "MVTEC_LAYOUT",
     "index_category",
+    "index_folder",
+    "check_decodable",
     "resolve_root",
     "load_image",
     "load_mask",
@@ -55,18 +61,20 @@ MVTEC_OBJECTS: tuple[str, ...] = (
 MVTEC_CATEGORIES: tuple[str, ...] = tuple(sorted(MVTEC_TEXTURES + MVTEC_OBJECTS))
 
 ROOT_ENV_VAR = MVTEC_ROOT_ENV  # the name is defined in anobench/config.py
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_KINDS = "PNG/JPEG/BMP/TIFF"
 GOOD = "good"
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a category; ``mask_path`` is None for good images."""
+    """One image of a category; ``mask_path`` is None for good images, and for the defective ones of a dataset
+    without any masks (your own data, `Layout.masks_required` False)."""
 
     image_path: Path
     mask_path: Path | None
     label: int  # 0 good, 1 defective
-    defect_type: str  # "good" or the defect folder name
+    defect_type: str  # "good" (whatever the normal folder is called) or the defect folder name
 
 
 @dataclass
@@ -80,17 +88,27 @@ class CategoryIndex:
 
 
 # --------------------------------------------------------------------------------------------
-def resolve_root(root: str | Path | None) -> Path:
-    """The dataset root: ``root`` if given, else ``$ANOBENCH_MVTEC_ROOT``; no silent default."""
+_ROOT_WHAT = {  # what the root of each dataset holds, for the error that asks for it
+    "mvtec": ("MVTec AD", "/path/to/mvtec_anomaly_detection", "bottle/, cable/, ..."),
+    "visa": ("VisA", "/path/to/VisA", "split_csv/1cls.csv and candle/, ..., or the MVTec-layout candle/, ..."),
+    "btad": ("BTAD", "/path/to/BTech_Dataset_transformed", "01/, 02/, 03/"),
+    "mpdd": ("MPDD", "/path/to/MPDD", "bracket_black/, ..., tubes/"),
+    "folder": ("your own dataset (data=folder)", "/path/to/my_dataset", "train/ and test/"),
+}
+
+
+def resolve_root(root: str | Path | None, dataset: str = "mvtec") -> Path:
+    """The dataset root: ``root`` if given, else the dataset's environment variable (anobench.config.DATASET_ROOT_ENVS,
+    ``$ANOBENCH_MVTEC_ROOT`` for MVTec AD); no silent default."""
     if root is not None and str(root) != "":
         return Path(root).expanduser()
-    env = os.environ.get(ROOT_ENV_VAR, "")
+    env_var = DATASET_ROOT_ENVS.get(dataset)
+    env = os.environ.get(env_var, "") if env_var else ""
     if env:
         return Path(env).expanduser()
-    raise DataError(
-        "no MVTec AD root given: pass data.root=/path/to/mvtec_anomaly_detection (the folder that holds "
-        f"bottle/, cable/, ...) or set the environment variable {ROOT_ENV_VAR}"
-    )
+    title, example, holds = _ROOT_WHAT.get(dataset, (dataset, "/path/to/dataset", "its category folders"))
+    where = f" or set the environment variable {env_var}" if env_var else ""
+    raise DataError(f"no {title} root given: pass data.root={example} (the folder that holds {holds}){where}")
 
 
 def _is_image(path: Path) -> bool:
@@ -113,42 +131,56 @@ def image_size(path: Path) -> tuple[int, int]:
     except FileNotFoundError:
         raise DataError(f"image file {path} does not exist") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image header of {path}: {exc}; expected a PNG/JPEG/BMP image") from None
+        raise DataError(f"cannot read image header of {path}: {exc}; expected a {IMAGE_KINDS} image") from None
 
 
-def _find_mask(gt_dir: Path, stem: str) -> Path | None:
-    """``<stem>_mask.<ext>``, case-insensitive on the extension; .png preferred."""
-    exact = gt_dir / f"{stem}_mask.png"
-    if exact.is_file():
-        return exact
-    if not gt_dir.is_dir():
-        return None
-    for candidate in sorted(gt_dir.iterdir()):
-        if candidate.stem == f"{stem}_mask" and _is_image(candidate):
-            return candidate
-    return None
+def _masks_by_stem(gt_dir: Path) -> dict[str, Path]:
+    """The images of a mask folder by file stem (one listing per folder); .png wins over another suffix."""
+    found: dict[str, Path] = {}
+    if gt_dir.is_dir():
+        for path in _images_in(gt_dir):
+            if path.stem not in found or path.suffix.lower() == ".png":
+                found[path.stem] = path
+    return found
 
 
-def index_category(root: str | Path, category: str) -> CategoryIndex:
-    """Validate ``<root>/<category>`` and list its train and test samples.
+@dataclass(frozen=True)
+class Layout:
+    """How a release that follows MVTec AD's folder scheme names one category's files::
 
-    Raises DataError naming the folder or file at fault: root or category missing (listing the
-    categories that exist), train/good missing or empty, test missing or empty, a defective image
-    without its mask, or a mask whose size differs from its image (read from headers only).
+        <folder>/train/<normal>/*                      normal training images
+        <folder>/test/<normal>/*, test/<defect>/*      one folder per class of test image
+        <folder>/<mask_dir>/<defect>/<stem><suffix>.*  the mask of test/<defect>/<stem>.* (any image suffix)
+
+    ``mask_suffixes`` are tried in order (MVTec: ``_mask``; BTAD and converted VisA: ``""``, the image's own stem).
+    With ``masks_required`` every defective image needs its mask; without it (your own data) a dataset may have
+    no masks at all (``mask_path`` None), but some-but-not-all is still an error, so that pixel metrics are
+    never computed on part of the defects.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(
-            f"dataset root {root} does not exist or is not a folder; set it with data.root=/path/to/"
-            f"mvtec_anomaly_detection or the environment variable {ROOT_ENV_VAR}"
-        )
-    folder = root / category
-    if not folder.is_dir():
-        present = [p.name for p in _subdirs(root)]
-        listing = ", ".join(present) if present else "none (the root folder has no category sub-folders)"
-        raise DataError(f"category '{category}' not found: {folder} does not exist. Categories under {root}: {listing}")
 
-    train_dir = folder / "train" / GOOD
+    title: str = "MVTec AD"
+    normal: str = GOOD
+    mask_dir: str = "ground_truth"
+    mask_suffixes: tuple[str, ...] = ("_mask",)
+    masks_required: bool = True
+
+
+MVTEC_LAYOUT = Layout()
+
+
+def index_folder(folder: str | Path, layout: Layout = MVTEC_LAYOUT, *, root: Path | None = None,
+                 category: str | None = None) -> CategoryIndex:
+    """Validate one category folder in `layout` (it holds train/ and test/) and list its samples.
+
+    Normal images get defect type "good" whatever the layout calls their folder (BTAD: ok), so that code
+    grouping by defect type treats them alike. ``root`` and ``category`` only label the index (default: the
+    folder's parent and name). Raises DataError naming the folder or file at fault: train/<normal> missing or
+    empty, test missing or empty, no good or no defective test image, a defective image without its mask, or
+    a mask whose size differs from its image (read from headers only).
+    """
+    folder = Path(folder).expanduser()
+    normal = layout.normal
+    train_dir = folder / "train" / normal
     if not train_dir.is_dir():
         raise DataError(f"training folder {train_dir} does not exist; expected the normal training images there")
     train_images = _images_in(train_dir)
@@ -160,45 +192,89 @@ def index_category(root: str | Path, category: str) -> CategoryIndex:
 
     test_dir = folder / "test"
     if not test_dir.is_dir():
-        raise DataError(f"test folder {test_dir} does not exist; expected test/good and test/<defect> folders there")
+        raise DataError(
+            f"test folder {test_dir} does not exist; expected test/{normal} and test/<defect> folders there"
+        )
+    gt_root = folder / layout.mask_dir
     test: list[Sample] = []
+    unmasked: list[tuple[Path, Path]] = []  # (defective image, the mask it was expected to have)
     for defect_dir in _subdirs(test_dir):
         defect = defect_dir.name
-        gt_dir = folder / "ground_truth" / defect
+        if defect == normal:
+            test.extend(Sample(p, None, 0, GOOD) for p in _images_in(defect_dir))
+            continue
+        gt_dir = gt_root / defect
+        masks = _masks_by_stem(gt_dir)
         for image_path in _images_in(defect_dir):
-            if defect == GOOD:
-                test.append(Sample(image_path, None, 0, GOOD))
-                continue
-            mask_path = _find_mask(gt_dir, image_path.stem)
+            mask_path = next((masks[image_path.stem + sfx] for sfx in layout.mask_suffixes
+                              if image_path.stem + sfx in masks), None)
             if mask_path is None:
-                raise DataError(
-                    f"defective test image {image_path} has no mask; expected {gt_dir / (image_path.stem + '_mask.png')}"
-                )
-            img_size, mask_size = image_size(image_path), image_size(mask_path)
-            if img_size != mask_size:
-                raise DataError(
-                    f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path} is "
-                    f"{img_size[0]}x{img_size[1]} (WxH); a mask must have its image's size"
-                )
+                unmasked.append((image_path, gt_dir / f"{image_path.stem}{layout.mask_suffixes[0]}.png"))
+            else:
+                img_size, mask_size = image_size(image_path), image_size(mask_path)
+                if img_size != mask_size:
+                    raise DataError(
+                        f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path} is "
+                        f"{img_size[0]}x{img_size[1]} (WxH); a mask must have its image's size"
+                    )
             test.append(Sample(image_path, mask_path, 1, defect))
     if not test:
-        raise DataError(f"test folder {test_dir} has no images; expected test/good/*.png and test/<defect>/*.png")
+        raise DataError(
+            f"test folder {test_dir} has no images; expected test/{normal}/*.png and test/<defect>/*.png"
+        )
     if not any(s.label == 0 for s in test):
         raise DataError(
-            f"test folder {test_dir} has no good images; expected {test_dir / GOOD}/*.png (image AUROC needs both "
+            f"test folder {test_dir} has no good images; expected {test_dir / normal}/*.png (image AUROC needs both "
             "good and defective test images)"
         )
-    if not any(s.label == 1 for s in test):
+    n_defective = sum(s.label for s in test)
+    if not n_defective:
         raise DataError(
-            f"test folder {test_dir} has no defective images; expected test/<defect>/*.png beside test/good "
+            f"test folder {test_dir} has no defective images; expected test/<defect>/*.png beside test/{normal} "
             "(image AUROC, pixel AUROC and PRO need defects)"
         )
-    _warn_orphan_masks(folder / "ground_truth", {s.mask_path for s in test if s.mask_path is not None})
+    if unmasked and not layout.masks_required and len(unmasked) == n_defective:
+        stray = [m for d in (_subdirs(gt_root) if gt_root.is_dir() else []) for m in _images_in(d)]
+        if stray:  # masks there, named otherwise: computing no pixel metrics would hide the mistake
+            image_path, expected = min(unmasked, key=lambda pair: (pair[0].parent.name, pair[0].name))
+            raise DataError(
+                f"no defective test image has a mask, but {gt_root} holds {len(stray)} image(s) (e.g. {stray[0]}); "
+                f"the mask of {image_path} was expected at {expected}: name masks <image stem>"
+                f"{layout.mask_suffixes[0]}.<ext> in {layout.mask_dir}/<defect>/ (data.mask_dir, data.mask_suffix), "
+                f"or remove {gt_root} for image metrics only")
+    if unmasked and (layout.masks_required or len(unmasked) < n_defective):
+        image_path, expected = min(unmasked, key=lambda pair: (pair[0].parent.name, pair[0].name))
+        some = "" if layout.masks_required else (
+            f" ({n_defective - len(unmasked)} of the {n_defective} defective images have masks: give every "
+            f"defective image its mask, or none for image metrics only)")
+        raise DataError(f"defective test image {image_path} has no mask; expected {expected}{some}")
+    _warn_orphan_masks(gt_root, {s.mask_path for s in test if s.mask_path is not None}, layout)
     test.sort(key=lambda s: (s.defect_type, s.image_path.name))
-    return CategoryIndex(root=root, category=category, train=train, test=test)
+    return CategoryIndex(root=root if root is not None else folder.parent,
+                         category=category if category is not None else folder.name, train=train, test=test)
 
 
-def _warn_orphan_masks(gt_root: Path, used: set[Path]) -> None:
+def index_category(root: str | Path, category: str, layout: Layout = MVTEC_LAYOUT,
+                   root_hint: str | None = None) -> CategoryIndex:
+    """Validate ``<root>/<category>`` (a release with one folder per category, MVTec AD's `layout` by default)
+    and list its train and test samples (`index_folder`).
+
+    Raises DataError naming the folder or file at fault; a missing root says how to set it (`root_hint`,
+    default: MVTec AD's data.root / environment variable), a missing category lists the categories that exist.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        hint = root_hint or f"data.root=/path/to/mvtec_anomaly_detection or the environment variable {ROOT_ENV_VAR}"
+        raise DataError(f"dataset root {root} does not exist or is not a folder; set it with {hint}")
+    folder = root / category
+    if not folder.is_dir():
+        present = [p.name for p in _subdirs(root)]
+        listing = ", ".join(present) if present else "none (the root folder has no category sub-folders)"
+        raise DataError(f"category '{category}' not found: {folder} does not exist. Categories under {root}: {listing}")
+    return index_folder(folder, layout, root=root, category=category)
+
+
+def _warn_orphan_masks(gt_root: Path, used: set[Path], layout: Layout = MVTEC_LAYOUT) -> None:
     """A mask whose image is missing is probably a dataset copy error: say so instead of ignoring it."""
     if not gt_root.is_dir():
         return
@@ -207,7 +283,7 @@ def _warn_orphan_masks(gt_root: Path, used: set[Path]) -> None:
         shown = ", ".join(str(p) for p in orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
         warnings.warn(
             f"{len(orphans)} mask(s) under {gt_root} have no test image and are ignored: {shown}; expected "
-            "ground_truth/<defect>/<name>_mask.png beside test/<defect>/<name>.png",
+            f"{layout.mask_dir}/<defect>/<name>{layout.mask_suffixes[0]}.png beside test/<defect>/<name>.png",
             DataWarning,
             stacklevel=3,
         )
@@ -215,18 +291,24 @@ def _warn_orphan_masks(gt_root: Path, used: set[Path]) -> None:
 
 def check_decodable(index: CategoryIndex) -> None:
     """Verify every image and mask of a category before training starts, so a corrupt test file does not
-    surface only after a (possibly long) training run. PIL's verify() checks the file's structure and
-    checksums without decoding pixels (about a millisecond per MVTec image)."""
+    surface only after a (possibly long) training run. For PNG, PIL's verify() checks the file's structure and
+    checksums without decoding pixels (about a millisecond per MVTec image); JPEG, BMP and TIFF have no such
+    check in PIL (verify() passes a truncated file), so those are decoded in full."""
     paths = [s.image_path for s in index.train + index.test] + [s.mask_path for s in index.test if s.mask_path]
     for path in paths:
         try:
             with Image.open(path) as im:
-                im.verify()
+                if im.format == "PNG":
+                    im.verify()
+                else:
+                    if im.format == "JPEG":  # decoding at 1/8 scale still reads every byte: twice as fast
+                        im.draft(None, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                    im.load()
         except FileNotFoundError:
             raise DataError(f"file {path} does not exist (it was listed when the category was indexed)") from None
         except Exception as exc:  # PIL raises many types for corrupt files (OSError, SyntaxError, struct.error...)
             raise DataError(
-                f"cannot read {path}: {exc}; the file is corrupt or not an image (expected PNG/JPEG/BMP) - "
+                f"cannot read {path}: {exc}; the file is corrupt or not an image (expected {IMAGE_KINDS}) - "
                 "re-download the dataset or remove the file. Checked before training, nothing was trained."
             ) from None
 
@@ -263,7 +345,7 @@ def load_image(path: str | Path) -> Image.Image:
         raise DataError(f"image file {path} does not exist") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(
-            f"cannot read image {path}: {exc}; the file is corrupt or not an image (expected PNG/JPEG/BMP) - "
+            f"cannot read image {path}: {exc}; the file is corrupt or not an image (expected {IMAGE_KINDS}) - "
             "re-download the dataset or remove the file"
         ) from None
 
@@ -290,5 +372,5 @@ def load_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
     except FileNotFoundError:
         raise DataError(f"mask file {path} does not exist") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
-        raise DataError(f"cannot read mask {path}: {exc}; expected a 0/255 PNG mask") from None
+        raise DataError(f"cannot read mask {path}: {exc}; expected a mask image (nonzero = defect)") from None
     return np.asarray(arr != 0, dtype=bool)

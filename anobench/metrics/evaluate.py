@@ -3,6 +3,9 @@
 MVTec's protocol evaluates at the ground-truth resolution, so model-resolution maps are upsampled
 (bilinear, align_corners=False) to each mask's size. Maps are upsampled one at a time and consumed
 immediately, so the full-resolution category is never held as a stack of maps.
+
+A dataset without pixel ground truth (``masks=None``, e.g. ``data=folder`` without masks) gets the image
+metrics only; the pixel metrics are None (null in result.json) and the record says why (``pixel_metrics``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from anobench.metrics.pro import aupro_from_split
 from anobench.protocol import EVALUATION_RESOLUTIONS as RESOLUTIONS
 from anobench.protocol import PRO_FPR_LIMIT
 
+PIXEL_METRIC_KEYS = ("pixel_auroc", "pro", "pixel_ap", "pixel_f1_max")
+NO_MASKS_REASON = "the dataset has no ground-truth masks"
+
 
 @dataclass
 class CategoryEvaluation:
@@ -32,24 +38,34 @@ class CategoryEvaluation:
 
     ``curves`` come from the same pixel ranking as the metrics (drawn by anobench.visualize, not stored).
     ``f1_thresholds``: {"image": ..., "pixel": ...}, the anomaly-score thresholds at the image and pixel F1
-    maxima (score >= threshold is called defective; nan where F1 is undefined).
+    maxima (score >= threshold is called defective; nan where F1 is undefined; no "pixel" without masks).
+    ``pixel_metrics_note``: why the pixel metrics are None (no masks); None when they were computed.
     """
 
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     resolution: str
     fpr_limit: float
     n_images: int
     n_defective: int
-    n_regions: int
+    n_regions: int | None  # None: no masks, so no regions were counted
     timings: dict[str, float]
     curves: MetricCurves | None = field(default=None, repr=False)
     f1_thresholds: dict[str, float] = field(default_factory=dict)
+    pixel_metrics_note: str | None = None
+
+    @property
+    def has_pixel_metrics(self) -> bool:
+        """False when the pixel metrics were not computed (no ground-truth masks)."""
+        return self.pixel_metrics_note is None
 
     def as_record(self) -> dict[str, Any]:
         """The JSON-ready evaluation block (everything but the metrics and the curves)."""
-        return {"resolution": self.resolution, "fpr_limit": self.fpr_limit, "n_images": self.n_images,
-                "n_defective": self.n_defective, "n_regions": self.n_regions, "timings": dict(self.timings),
-                "f1_optimal_thresholds": dict(self.f1_thresholds)}
+        record = {"resolution": self.resolution, "fpr_limit": self.fpr_limit, "n_images": self.n_images,
+                  "n_defective": self.n_defective, "n_regions": self.n_regions, "timings": dict(self.timings),
+                  "f1_optimal_thresholds": dict(self.f1_thresholds)}
+        if self.pixel_metrics_note is not None:
+            record["pixel_metrics"] = self.pixel_metrics_note
+        return record
 
 
 def upsample_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -88,18 +104,25 @@ def downsample_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def evaluate_category(
     anomaly_maps: Sequence[np.ndarray],
     image_scores: Sequence[float] | np.ndarray,
-    masks: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray] | None,
     labels: Sequence[int] | np.ndarray,
     resolution: str = "ground_truth",
     fpr_limit: float = PRO_FPR_LIMIT,
     with_curves: bool = True,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+    no_masks_reason: str = NO_MASKS_REASON,
 ) -> CategoryEvaluation:
     """Image AU-ROC, pixel AU-ROC and AU-PRO of one category's test run, and image / pixel AP and F1-max.
 
     anomaly_maps: 2-D float maps at model resolution, one per test image.
     image_scores: one score per image (higher = more anomalous).
-    masks:        2-D GT masks at their original resolution (all zero for good images).
+    masks:        2-D GT masks at their original resolution (all zero for good images), or None when the
+                  dataset has none: then only the image metrics are computed (pixel AUROC, PRO, pixel AP and
+                  F1-max are None, ``pixel_metrics_note`` says "not computed: <no_masks_reason>").
     labels:       1 = defective, 0 = good.
+    image_sizes:  (H, W) of each test image; needed without masks at resolution "ground_truth", where
+                  ``image_auroc_map_max`` takes each map's max after upsampling to its image's size (as it
+                  does to its mask's size otherwise). Ignored when masks are given.
     resolution:   "ground_truth" (MVTec protocol: maps upsampled to each mask's size) or "model"
                   (masks downsampled to each map's size with nearest neighbour; cheaper, not official).
 
@@ -111,6 +134,9 @@ def evaluate_category(
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {', '.join(map(repr, RESOLUTIONS))}; got {resolution!r}")
     limit = check_fpr_limit(fpr_limit)
+    if masks is None:
+        return _evaluate_images_only(anomaly_maps, image_scores, labels, resolution, limit, with_curves,
+                                     image_sizes, no_masks_reason)
     maps, masks = list(anomaly_maps), list(masks)
     scores, labels = np.asarray(image_scores), np.asarray(labels)
     n = len(maps)
@@ -177,6 +203,63 @@ def evaluate_category(
         timings={"upsample_s": resample_s, "metrics_s": total_s - resample_s},
         curves=curves,
         f1_thresholds={"image": img_precision.f1_threshold, "pixel": pix_precision.f1_threshold},
+    )
+
+
+def _evaluate_images_only(anomaly_maps: Sequence[np.ndarray], image_scores: Sequence[float] | np.ndarray,
+                          labels: Sequence[int] | np.ndarray, resolution: str, limit: float, with_curves: bool,
+                          image_sizes: Sequence[tuple[int, int]] | None, reason: str) -> CategoryEvaluation:
+    """`evaluate_category` without masks: the image metrics, the pixel metrics None with the reason."""
+    maps = list(anomaly_maps)
+    scores, labels = np.asarray(image_scores), np.asarray(labels)
+    n = len(maps)
+    lengths = [("image_scores", len(scores)), ("labels", len(labels))]
+    if resolution == "ground_truth":
+        if image_sizes is None:
+            raise ValueError("without masks, resolution='ground_truth' needs image_sizes (each test image's (H, W)) "
+                             "to take each map's max at the image's size; or use resolution='model'")
+        image_sizes = [_check_size(s) for s in image_sizes]
+        lengths.append(("image_sizes", len(image_sizes)))
+    for name, length in lengths:
+        if length != n:
+            raise ValueError(f"{name} has {length} entries but anomaly_maps has {n}; one per test image is needed")
+    for i, a in enumerate(maps):
+        if np.ndim(a) != 2:
+            raise ValueError(f"anomaly_maps[{i}] must be 2-D, got shape {np.shape(a)}")
+
+    start = time.perf_counter()
+    img_auroc = image_auroc(scores, labels)
+    img_precision = image_precision_metrics(scores, labels)
+    resample_s = 0.0
+    if resolution == "ground_truth":  # the max at the evaluation resolution, as with masks
+        t0 = time.perf_counter()
+        map_max = np.array([float(np.max(upsample_map(a, size))) for a, size in zip(maps, image_sizes)])
+        resample_s = time.perf_counter() - t0
+    else:
+        map_max = np.array([float(np.max(a)) for a in maps])
+    metrics: dict[str, float | None] = {
+        "image_auroc": img_auroc,
+        "pixel_auroc": None,
+        "pro": None,
+        "image_ap": img_precision.ap,
+        "pixel_ap": None,
+        "image_f1_max": img_precision.f1_max,
+        "pixel_f1_max": None,
+        "image_auroc_map_max": image_auroc(map_max, labels),
+    }
+    curves = MetricCurves(image_roc_curve(scores, labels), None, None) if with_curves else None
+    total_s = time.perf_counter() - start
+    return CategoryEvaluation(
+        metrics=metrics,
+        resolution=resolution,
+        fpr_limit=limit,
+        n_images=n,
+        n_defective=int(np.count_nonzero(labels == 1)),
+        n_regions=None,
+        timings={"upsample_s": resample_s, "metrics_s": total_s - resample_s},
+        curves=curves,
+        f1_thresholds={"image": img_precision.f1_threshold},
+        pixel_metrics_note=f"not computed: {reason}",
     )
 
 

@@ -88,9 +88,12 @@ class _Values:
 def _per_seed(suite_dir: Path) -> dict[tuple[str, str, str, str], _Values]:
     cells: dict[tuple[str, str, str, str], _Values] = defaultdict(lambda: _Values({}))
     for run in latest_per_seed(_results(suite_dir)):
+        metrics = run.get("metrics") or {}
         for metric in METRICS:
+            if run["status"] == "ok" and metric in metrics and metrics[metric] is None:
+                continue  # null: not computed (no ground-truth masks), neither a value nor a failure
             cell = cells[(method_label(run), run["dataset"], run["category"], metric)]
-            value = (run.get("metrics") or {}).get(metric) if run["status"] == "ok" else None
+            value = metrics.get(metric) if run["status"] == "ok" else None
             if value is None or math.isnan(float(value)):
                 cell.failed += 1
             else:

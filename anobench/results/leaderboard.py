@@ -3,7 +3,10 @@
 One row per (dataset, category); per method: image AUROC, pixel AUROC, PRO (mean over seeds, using the
 latest result of each seed) with the paper's number beside ours where a paper reports one; on request
 (`metrics=`, `anobench leaderboard --metrics`) image / pixel AP and F1-max too (`ALL_METRIC_KEYS`).
-Mean rows: all categories, textures, objects. Rendering (markdown, CSV, console, HTML) is anobench/results/render.py;
+Each dataset (the record's ``dataset``: data.name for data=folder) is its own section with its own mean rows:
+all categories, textures, objects (MVTec AD's split; MVTec AD's Mean counts only its 15 categories).
+A metric a run recorded as null was not computed (no ground-truth masks: the pixel metrics): its cell is
+`not_computed`, and a mean row with such a member is null for that metric. Rendering (markdown, CSV, console, HTML) is anobench/results/render.py;
 the publisher that writes the files is anobench/tasks/publish.py.
 """
 
@@ -26,6 +29,7 @@ METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pr
                  "image_ap": "image AP", "pixel_ap": "pixel AP", "image_f1_max": "image F1-max",
                  "pixel_f1_max": "pixel F1-max"}
 MEAN_ROWS = ("Mean", "Texture mean", "Object mean")
+OBJECT_DATASETS = ("visa", "btad", "mpdd")  # product datasets: every category an object (no texture split)
 
 
 def select_metrics(spec: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -52,12 +56,22 @@ def load_paper_numbers() -> dict[str, Any]:
 
 
 def category_kind(dataset: str, category: str) -> str:
-    """'texture' or 'object' (or 'other' for user datasets), for the texture/object mean rows."""
-    from anobench.data import MVTEC_TEXTURES, SYNTHETIC_CATEGORIES
+    """'texture' or 'object' (MVTec AD's split; VisA, BTAD and MPDD: all objects), or 'other' (user datasets, and
+    a category outside MVTec AD's 15 in an mvtec row, which never enters MVTec AD's Mean)."""
+    from anobench.data import MVTEC_CATEGORIES, MVTEC_TEXTURES, SYNTHETIC_CATEGORIES
 
     if dataset == "synthetic":
         return SYNTHETIC_CATEGORIES.get(category, "other")
-    return "texture" if category in MVTEC_TEXTURES else "object"
+    if dataset == "mvtec":
+        if category not in MVTEC_CATEGORIES:
+            return "other"
+        return "texture" if category in MVTEC_TEXTURES else "object"
+    return "object" if dataset in OBJECT_DATASETS else "other"
+
+
+def mean_kinds(dataset: str) -> tuple[str, ...]:
+    """The category kinds a dataset's Mean row averages: MVTec AD's Mean is over its own categories only."""
+    return ("texture", "object") if dataset == "mvtec" else ("texture", "object", "other")
 
 
 def collect_results(results_dir: str | Path,
@@ -131,16 +145,23 @@ class Cell:
         """Every run of the cell failed: no value to show."""
         return bool(self.failed) and not self.values
 
+    @property
+    def not_computed(self) -> bool:
+        """Every ok run recorded the metric as null: not computed (no ground-truth masks for a pixel metric)."""
+        return bool(self.values) and all(v is None for v in self.values)
+
 
 @dataclass
 class MeanCell:
     """Our mean over the categories of a mean row for one (method, metric): `n` of its `of` categories
-    have a value; `budgets` are the budgets of every member cell."""
+    have a value; `budgets` are the budgets of every member cell. `not_computed`: a member's metric was not
+    computed (null), so the mean is null too (a mean over the other categories would not compare)."""
 
     mean: float | None
     n: int
     of: int
     budgets: set[str] = field(default_factory=set)
+    not_computed: bool = False
     std: ClassVar[None] = None  # a mean over categories carries no seed spread
     failed: ClassVar[int] = 0
     all_failed: ClassVar[bool] = False
@@ -191,8 +212,12 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
         for metric in metric_keys:
             cell = row_cells[(method_label(run), metric)]
             if run["status"] == "ok":
-                value = (run.get("metrics") or {}).get(metric)
-                cell.values.append(float("nan") if value is None else float(value))
+                metrics = run.get("metrics") or {}
+                value = metrics.get(metric)
+                if value is None:  # null: not computed (None); absent (an older record): undefined (nan)
+                    cell.values.append(None if metric in metrics else float("nan"))
+                else:
+                    cell.values.append(float(value))
                 cell.budgets.add(run.get("budget", {}).get("label", "unknown"))
             else:
                 cell.failed += 1
@@ -210,9 +235,10 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
                     row[(method, metric, "paper")] = _paper_value(paper, method, dataset, key[1], metric)
             body.append(row)
         rows.extend(body)
-        for title, kinds in zip(MEAN_ROWS, (("texture", "object", "other"), ("texture",), ("object",))):
+        for title, kinds in zip(MEAN_ROWS, (mean_kinds(dataset), ("texture",), ("object",))):
             members = [r for r in body if r["kind"] in kinds]
-            if not members or (title != "Mean" and len(members) == len(body)):
+            if not members or (title != "Mean" and len(members) == len(
+                    [r for r in body if r["kind"] in mean_kinds(dataset)])):
                 continue
             mean_row: dict[str, Any] = {"dataset": dataset, "category": title, "kind": "mean"}
             for method in methods:
@@ -246,9 +272,11 @@ def _paper_value(paper: dict, method: str, dataset: str, category: str, metric: 
 
 
 def _mean_cell(members: list[dict], method: str, metric: str) -> MeanCell:
-    means = [r[(method, metric)].mean for r in members if r.get((method, metric)) is not None]
-    finite = [m for m in means if m is not None]
-    budgets = set().union(*(r[(method, metric)].budgets for r in members if r.get((method, metric)) is not None))
+    cells = [r[(method, metric)] for r in members if r.get((method, metric)) is not None]
+    budgets = set().union(*(c.budgets for c in cells))
+    if any(c.not_computed for c in cells):
+        return MeanCell(mean=None, n=0, of=len(members), budgets=budgets, not_computed=True)
+    finite = [c.mean for c in cells if c.mean is not None]
     return MeanCell(mean=statistics.fmean(finite) if finite else None, n=len(finite), of=len(members),
                     budgets=budgets)
 

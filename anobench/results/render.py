@@ -16,6 +16,13 @@ from typing import Any, Callable, Iterable
 from anobench.results.leaderboard import METRIC_TITLES, AnyCell, Leaderboard, MeanCell, method_label
 
 PAPER_BUDGET = "paper"
+# `anobench eval ... weights.released=<file>`: the authors' own trained weights evaluated by anobench at the
+# paper's evaluation settings; marked ‡ (compared with the paper by `anobench reproduce`, never a training reproduction)
+RELEASED_BUDGET = "paper (released weights)"
+RELEASED_MARK = "‡"
+NOT_COMPUTED = "n/a"  # a metric the run recorded as null (not computed: the dataset has no ground-truth masks)
+NOT_COMPUTED_NOTE = (f"`{NOT_COMPUTED}` = not computed: the dataset has no ground-truth masks, so no pixel metrics "
+                     f"(null in result.json); a mean row with an `{NOT_COMPUTED}` category is `{NOT_COMPUTED}`.")
 
 
 def format_value(value: float | None, digits: int = 3, *, missing: str = "", signed: bool = False) -> str:
@@ -29,11 +36,13 @@ def format_value(value: float | None, digits: int = 3, *, missing: str = "", sig
 
 def cell_text(cell: AnyCell | None) -> str:
     """One leaderboard cell: `mean ± std (n seeds, k failed)`, a mean row's `mean (n/m)`, `failed`; † when not
-    (only) the paper's budget."""
+    (only) the paper's budget, ‡ when (partly) from the authors' released weights; `n/a`: not computed."""
     if cell is None:
         return ""
     if cell.all_failed:
         return "failed"
+    if cell.not_computed:
+        return NOT_COMPUTED
     text = format_value(cell.mean)
     if isinstance(cell, MeanCell):
         if text and cell.n < cell.of:
@@ -46,8 +55,10 @@ def cell_text(cell: AnyCell | None) -> str:
             notes.append(f"{cell.failed} failed")
         if notes:
             text += f" ({', '.join(notes)})"
-    if text and cell.budgets and cell.budgets != {PAPER_BUDGET}:
+    if text and cell.budgets and not cell.budgets <= {PAPER_BUDGET, RELEASED_BUDGET}:
         text += "†"
+    elif text and RELEASED_BUDGET in cell.budgets:
+        text += RELEASED_MARK
     return text
 
 
@@ -75,6 +86,12 @@ def metric_tables(board: Leaderboard, only: set[tuple] | None = None
             methods = [m for m in board.methods if any(r.get((m, metric)) is not None for r in rows)]
             if methods:
                 yield dataset, metric, methods, [(r, [metric_cell_text(r, m, metric) for m in methods]) for r in rows]
+
+
+def has_not_computed(board: Leaderboard) -> bool:
+    """Whether any cell of the board is `n/a` (then the legend explains it; boards without one read as before)."""
+    return any(getattr(row.get((method, metric)), "not_computed", False)
+               for row in board.rows for method in board.methods for metric in board.metrics)
 
 
 def protocol_lines(board: Leaderboard) -> list[str]:
@@ -113,7 +130,7 @@ def to_csv(board: Leaderboard) -> str:
             elif cell is None:
                 line += ["", "", 0, ""]
             else:  # a mean row's count is its categories with a value; it has no std
-                mean = "failed" if cell.all_failed else format_value(cell.mean)
+                mean = "failed" if cell.all_failed else NOT_COMPUTED if cell.not_computed else format_value(cell.mean)
                 line += [mean, format_value(cell.std), cell.count, ";".join(sorted(cell.budgets))]
         writer.writerow(line)
     return out.getvalue()
@@ -134,11 +151,14 @@ def to_markdown(board: Leaderboard, source: str) -> str:
         f"resolution{below}. "
         "Per-metric plots: [report.html](report.html).",
         "† = not trained with the paper's budget (smoke or reduced run): **not a paper reproduction**.",
+        f"{RELEASED_MARK} = the paper authors' released weights evaluated by anobench (`anobench eval ... "
+        "weights.released=<file>`): checks their model under our evaluation, **not a reproduction of training**.",
         "`[semi-supervised: …]` columns learned from labelled defect images (test_split: a few test images, "
         "left out of that method's evaluation; synthetic: generator defects only) — not comparable with the "
         "unsupervised columns.",
         "Mean rows average categories; `(n/m)` = only n of m categories have a value. "
         "Runs evaluated at model resolution (`evaluation.resolution=model`) are left out.",
+        *([NOT_COMPUTED_NOTE] if has_not_computed(board) else []),
         "Heatmaps, curves and the provenance of every number: [report.html](report.html) (`anobench report`).",
         "",
     ]
@@ -175,7 +195,9 @@ def print_leaderboard(board: Leaderboard, only: set[tuple] | None = None) -> Non
 
     console = Console()
     for dataset, metric, methods, rows in metric_tables(board, only=only):
-        table = Table(title=f"{dataset}: {METRIC_TITLES[metric]} († = not the paper's budget)")
+        released = any(RELEASED_MARK in text for _, cells in rows for text in cells)
+        marks = "† = not the paper's budget" + (f", {RELEASED_MARK} = authors' released weights" if released else "")
+        table = Table(title=f"{dataset}: {METRIC_TITLES[metric]} ({marks})")
         table.add_column("category")
         for method in methods:
             table.add_column(method, justify="right")
@@ -184,6 +206,8 @@ def print_leaderboard(board: Leaderboard, only: set[tuple] | None = None) -> Non
             table.add_row(row["category"], *cells,
                           end_section=row["kind"] != "mean" and following is not None and following["kind"] == "mean")
         console.print(table)
+    if has_not_computed(board):
+        console.print(NOT_COMPUTED_NOTE.replace("`", ""), markup=False)
     for warning in board.warnings:
         Console(stderr=True).print(f"[yellow]skipped:[/] {warning}")
 
@@ -196,6 +220,8 @@ def to_html(board: Leaderboard, row_link: Callable[[str, str], str] | None = Non
         return "<p>No results at ground-truth resolution yet.</p>"
     parts = []
     notes = protocol_lines(board)
+    if has_not_computed(board):
+        parts.append(f"<p class=note>{html.escape(NOT_COMPUTED_NOTE.replace('`', ''))}</p>")
     if notes:
         parts.append("<p class=note>What each paper measured (paper_numbers.yaml <code>protocol</code>; ours: "
                      "ground-truth resolution):</p><ul class=note>"

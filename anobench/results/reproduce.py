@@ -7,6 +7,8 @@ can never disagree about what "ours" is. Each compared cell gets one status:
 - ``ok`` / ``outside``: a paper-budget value within / outside the tolerance of the paper's number;
 - ``missing``: the paper has a number for a method we ran, but we have no value for that category;
 - ``failed``: every run of that cell failed;
+- ``paper (released weights)`` values (the authors' own trained weights, evaluated by anobench) are compared
+  like ``paper`` ones, with a note: they check the evaluation, never a reproduction of training;
 - ``not paper budget``: our value was not (only) trained with budget label ``paper``. Such a value is never
   a reproduction: it fails the check unless ``allow_reduced`` is set, and then it is still listed, never
   counted as a pass;
@@ -37,11 +39,14 @@ from anobench.results.leaderboard import (
     load_paper_numbers,
 )
 from anobench.results.record import METRIC_KEYS, RESULT_FILE
-from anobench.results.render import format_value
+from anobench.results.render import RELEASED_BUDGET, format_value
 
 OK, OUTSIDE, MISSING, FAILED = "ok", "outside", "missing", "failed"
 NOT_PAPER_BUDGET, NO_REFERENCE = "not paper budget", "no reference"
 PAPER_BUDGET = "paper"
+# budgets compared with the paper: its training budget, or the authors' released weights (README of the method)
+COMPARED_BUDGETS = {PAPER_BUDGET, RELEASED_BUDGET}
+RELEASED_NOTE = "authors' released weights: checks the evaluation, not a reproduction of training"
 _METHOD_INFO_KEYS = {"source", "confidence", "protocol", "tolerance"}
 NO_RUN = "no run of this category"
 _EPS = 1e-9  # |ours - paper| == tolerance counts as inside despite float rounding
@@ -162,11 +167,11 @@ def _category_row(paper: dict[str, Any], method: str, dataset: str, category: st
     elif cell.mean is None:
         status = FAILED if cell.failed else MISSING
         note = f"{cell.failed} run(s) failed" if cell.failed else "the runs recorded no value for this metric"
-    elif set(budgets) != {PAPER_BUDGET}:
+    elif not budgets or not set(budgets) <= COMPARED_BUDGETS:
         status, note = NOT_PAPER_BUDGET, f"budget {'+'.join(budgets) or 'unknown'}: not a reproduction"
     else:
         status, extra = _compare(cell.mean, paper_value, tolerance)
-        note = "; ".join(n for n in (note, extra) if n)
+        note = "; ".join(n for n in (note, extra, RELEASED_NOTE if RELEASED_BUDGET in budgets else "") if n)
         if cell.failed:
             note = "; ".join(n for n in (note, f"{cell.failed} other run(s) failed") if n)
     return CheckRow(**common, tolerance=tolerance, status=status, note=note)
@@ -177,11 +182,11 @@ def _mean_row(paper: dict[str, Any], method: str, dataset: str, metric: str, cel
     budgets = tuple(sorted(cell.budgets))
     tolerance = tolerance_for(paper, method, MEAN_ROWS[0], metric)
     note = f"over the {cell.n} categories we have; paper mean over the same"
-    if set(budgets) != {PAPER_BUDGET}:
+    if not budgets or not set(budgets) <= COMPARED_BUDGETS:
         status, note = NOT_PAPER_BUDGET, f"budget {'+'.join(budgets) or 'unknown'}: not a reproduction"
     else:
         status, extra = _compare(cell.mean, paper_value, tolerance)
-        note = "; ".join(n for n in (note, extra) if n)
+        note = "; ".join(n for n in (note, extra, RELEASED_NOTE if RELEASED_BUDGET in budgets else "") if n)
     return CheckRow(method=method, dataset=dataset, category=MEAN_ROWS[0], metric=metric, ours=cell.mean,
                     paper=paper_value, tolerance=tolerance, status=status, n_seeds=cell.n, budgets=budgets,
                     note=note)

@@ -3,10 +3,18 @@
 The training run's config (config.yaml beside checkpoints/) rebuilds the method and the data, so a
 checkpoint is evaluated exactly as it was trained; `data_root`, `seed`, `evaluation.*`, `visualize.*` and
 `overrides.<key>` may change it (e.g. data moved, or evaluation at model resolution).
+
+`anobench eval method=<m> data=<d> weights.released=<file>` (conf/eval_released.yaml: the train config of
+method and data) evaluates a paper's released weights instead: the method's `load_released_weights(path)`
+loads them in place of training, and the run pipeline tests as for any checkpoint. The result's budget is
+`paper (released weights)` (the leaderboard's ‡) with the file's name and SHA-256, or `released weights
+(not the paper's evaluation)` when the config changes the method's paper evaluation settings
+(`released_weights_deviations`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,11 +24,15 @@ from omegaconf import DictConfig, OmegaConf
 from anobench.config import over_run_settings
 from anobench.errors import ConfigError
 from anobench.results.record import RESULT_FILE
+from anobench.results.render import RELEASED_BUDGET
 from anobench.tasks import run
 from anobench.tasks.train import hydra_run_dir, is_multirun
 from anobench.visualize.task import eval_visualize_settings
 
 _MISSING = object()
+RELEASED_KEY = "weights.released"
+# released weights evaluated with settings other than the paper's: shown † (never compared with the paper)
+RELEASED_OTHER_EVALUATION = "released weights (not the paper's evaluation)"
 
 
 def load_run_config(checkpoint: Path) -> DictConfig:
@@ -74,8 +86,60 @@ def eval_config(cfg: DictConfig, checkpoint: Path) -> DictConfig:
     return run_cfg
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def released_loader(cfg: DictConfig) -> type:
+    """The method class of `cfg`, checked to load released weights (`load_released_weights`)."""
+    from hydra.utils import get_class
+
+    module_class = get_class(cfg.method.module._target_)
+    if not callable(getattr(module_class, "load_released_weights", None)):
+        raise ConfigError(f"{RELEASED_KEY}: method {cfg.method.name} has no loader for a paper's released weights "
+                          "(patch_svdd has: the authors' ckpts/<category>/enchier.pkl)")
+    return module_class
+
+
+def released_record(cfg: DictConfig, path: Path, module_class: type) -> dict[str, Any]:
+    """result.json entries of a released-weights evaluation: its budget (label, file, SHA-256, source)."""
+    deviations_of = getattr(module_class, "released_weights_deviations", None)
+    deviations = list(deviations_of(OmegaConf.to_container(cfg.method, resolve=True))) if deviations_of else []
+    budget = {
+        "label": RELEASED_OTHER_EVALUATION if deviations else RELEASED_BUDGET,
+        "experiment": cfg.get("experiment_name"),
+        "weights": {"file": path.name, "sha256": file_sha256(path),
+                    "source": getattr(module_class, "released_weights_source", None)},
+    }
+    if deviations:
+        budget["deviations"] = deviations
+    return {"budget": budget, "source_weights": run.portable_path(path, cfg)}  # as given: relative stays relative
+
+
+def evaluate_released(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate the released weights in `cfg.weights.released` with the method/data config `cfg`."""
+    path = Path(str(OmegaConf.select(cfg, RELEASED_KEY)))
+    if not path.is_file():
+        raise ConfigError(f"{RELEASED_KEY}={path}: no such file")
+    module_class = released_loader(cfg)
+    record = released_record(cfg, path, module_class)
+
+    def load(module: Any, weights: Path) -> None:
+        module.load_released_weights(weights)
+
+    return run.execute(cfg, hydra_run_dir(), "eval", checkpoint=path, load=load, record=record,
+                       reraise=not is_multirun())
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Re-test the model in `cfg.checkpoint` and record the result."""
+    """Re-test the model in `cfg.checkpoint` (or evaluate the released weights of `weights.released`) and
+    record the result."""
+    if OmegaConf.select(cfg, RELEASED_KEY, default=None) is not None:
+        return evaluate_released(cfg)
     checkpoint = Path(cfg.checkpoint)
     run_cfg = eval_config(cfg, checkpoint)
     trained = checkpoint.resolve().parent.parent / RESULT_FILE

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from anobench.config import config_dir
+from anobench.config import config_dir, dataset_label
 from anobench.errors import AnobenchError
 from anobench.io import folder_lock
 from anobench.results.record import RESULT_FILE, failure_info, now_iso, read_result, write_result
@@ -67,7 +67,7 @@ def quote(value: Any) -> str:
 def failed_record(cfg: DictConfig | None, error: BaseException, fallback: dict[str, Any]) -> dict[str, Any]:
     record = dict(fallback)
     if cfg is not None:
-        record.update(method=str(cfg.method.name), dataset=str(cfg.data.dataset), category=str(cfg.data.category),
+        record.update(method=str(cfg.method.name), dataset=dataset_label(cfg.data), category=str(cfg.data.category),
                       seed=int(cfg.seed))
     record.update(task="train", status="failed", error=failure_info(error), finished_at=now_iso())
     return record
@@ -99,7 +99,7 @@ def _run_suite_job(cfg: DictConfig, run_dir: Path, suite_dir: Path) -> dict[str,
                 record = failed_record(cfg, error, {})
                 write_result(run_dir, record)
     if record.get("status") != "worker":  # progress as jobs finish (the suite's summary comes at the end)
-        print(f"finished: {cfg.method.name} {cfg.data.dataset}/{cfg.data.category} seed {cfg.seed}: "
+        print(f"finished: {cfg.method.name} {dataset_label(cfg.data)}/{cfg.data.category} seed {cfg.seed}: "
               f"{record.get('status')} ({run_dir})", flush=True)
     return record
 

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from anobench.config import SUITE_GROUP, config_dir, group_options, suite_options
+from anobench.config import SUITE_GROUP, config_dir, dataset_label, group_options, suite_options
 from anobench.errors import AnobenchError
 from anobench.results.identity import config_hash
 from anobench.results.record import RESULT_FILE, read_result
@@ -140,7 +140,8 @@ def compose_job(job: Job, suite_dir: Path, with_hydra: bool = False) -> DictConf
 def plan_job(job: Job, suite_dir: Path) -> PlannedJob:
     cfg = compose_job(job, suite_dir)
     digest = config_hash(OmegaConf.to_container(cfg, resolve=True))
-    dataset, category = str(cfg.data.dataset), str(cfg.data.category)
+    # the record's dataset (data.name for data=folder): two own datasets with one category name never share a cell
+    dataset, category = dataset_label(cfg.data), str(cfg.data.category)
     run_dir = suite_dir / "runs" / job.method / dataset / category / f"seed{job.seed}" / digest
     resources = OmegaConf.to_container(cfg.method.resources, resolve=True) if "resources" in cfg.method else {}
     return PlannedJob(job=job, run_dir=run_dir, config_hash=digest, dataset=dataset, category=category,

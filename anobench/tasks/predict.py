@@ -40,7 +40,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anobench.config import config_dir
+from anobench.config import config_dir, dataset_label
 from anobench.data.datamodule import input_pixels, input_tensor
 from anobench.data.mvtec import IMAGE_SUFFIXES, load_image
 from anobench.errors import AnobenchError, ConfigError
@@ -278,7 +278,7 @@ def predict(cfg: DictConfig, *, progress: bool | None = None) -> PredictReport:
                          "optimistic, chosen on the data they were scored on")
         summary = {
             "checkpoint": str(checkpoint), "method": run_cfg.method.name,
-            "dataset": run_cfg.data.dataset, "category": run_cfg.data.category, "seed": run_cfg.seed,
+            "dataset": dataset_label(run_cfg.data), "category": run_cfg.data.category, "seed": run_cfg.seed,
             "input": str(cfg.input), "n_inputs": len(files), "n_scored": len(rows),
             "thresholds": {level: {**t.as_record(), "label": threshold_label(thresholds, level)}
                            for level, t in thresholds.items()},

@@ -17,15 +17,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from anobench.allocator import keep_freed_memory
-from anobench.config import COMMAND_ENV, JOB_LOG_ENV, TRAINER_OWN_KEYS, is_smoke
+from anobench.config import COMMAND_ENV, JOB_LOG_ENV, TRAINER_OWN_KEYS, dataset_label, is_smoke
 from anobench.data import AnomalyDataModule
+from anobench.data.mvtec import image_size
 from anobench.errors import ConfigError
 from anobench.methods.base import AnomalyModule, PredictionCollector, TestPredictions
 from anobench.metrics.evaluate import CategoryEvaluation, evaluate_category
@@ -197,8 +198,9 @@ class TestOutcome:
         return self.predictions.scores[self.indices]
 
     @property
-    def metrics(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.evaluation.metrics.items()}
+    def metrics(self) -> dict[str, float | None]:
+        """result.json's ``metrics``: None (null) where a metric was not computed (no masks: the pixel ones)."""
+        return {k: None if v is None else float(v) for k, v in self.evaluation.metrics.items()}
 
     def evaluation_record(self) -> dict[str, Any]:
         """result.json's ``evaluation`` block."""
@@ -220,13 +222,16 @@ def evaluate_on_test_set(module: AnomalyModule, datamodule: AnomalyDataModule, s
     predictions = collector.predictions(module, np.array([s.label for s in samples]))
     excluded = set(module.evaluation_exclusions())
     indices = [i for i in range(len(samples)) if i not in excluded]
+    with_masks = datamodule.has_masks
     evaluation = evaluate_category(
         anomaly_maps=[predictions.maps[i] for i in indices],
         image_scores=predictions.scores[indices],
-        masks=[datamodule.load_mask(i) for i in indices],
+        # no pixel ground truth (data=folder without masks): image metrics only, the pixel ones null
+        masks=[datamodule.load_mask(i) for i in indices] if with_masks else None,
         labels=predictions.labels[indices],
         resolution=settings.resolution,
         fpr_limit=settings.pro_fpr_limit,
+        image_sizes=None if with_masks else [image_size(samples[i].image_path)[::-1] for i in indices],
     )
     extra = module.extra_test_results(predictions)
     reference = module.score_reference(predictions.score_parts)
@@ -257,7 +262,7 @@ def start_record(cfg: DictConfig, task: str) -> dict[str, Any]:
     return {
         "task": task,
         "method": cfg.method.name,
-        "dataset": cfg.data.dataset,
+        "dataset": dataset_label(cfg.data),  # the leaderboard section: data.name for data=folder
         "category": cfg.data.category,
         "seed": cfg.seed,
         # the pretrained network the method builds on (methods that use none: "none"); methods may
@@ -303,10 +308,11 @@ def record_outcome(record: dict[str, Any], run: BuiltRun, outcome: TestOutcome, 
     if thresholds:  # anobench predict decides with them; the panels draw the pixel one
         record["thresholds"] = thresholds_record(thresholds)
     samples = datamodule.test_samples
+    get_mask = (lambda j: datamodule.load_mask(outcome.indices[j])) if datamodule.has_masks else None
     record["figures"], figures_s = record_figures(
         run_dir, VisualizeSettings.from_config(cfg), outcome.maps, outcome.scores,
-        [samples[i] for i in outcome.indices], lambda j: datamodule.load_mask(outcome.indices[j]),
-        outcome.evaluation, title=f"{cfg.method.name} on {cfg.data.dataset}/{cfg.data.category}, seed {cfg.seed}",
+        [samples[i] for i in outcome.indices], get_mask, outcome.evaluation,
+        title=f"{cfg.method.name} on {dataset_label(cfg.data)}/{cfg.data.category}, seed {cfg.seed}",
         pixel_threshold=pixel_threshold(thresholds), threshold_label=threshold_label(thresholds, "pixel"))
     outcome.timings["figures_s"] = figures_s
 
@@ -342,8 +348,10 @@ def announce_result(path: Path, cfg: DictConfig) -> None:
 
 # ---------------------------------------------------------------------------------------- execute
 def execute(cfg: DictConfig, run_dir: Path, task: str, *, checkpoint: Path | None = None,
-            record: dict[str, Any] | None = None, reraise: bool = True) -> dict[str, Any]:
-    """Build, then fit (`checkpoint` None) or load `checkpoint`, test, and always write result.json.
+            record: dict[str, Any] | None = None, reraise: bool = True,
+            load: Callable[[AnomalyModule, Path], int | None] = load_weights) -> dict[str, Any]:
+    """Build, then fit (`checkpoint` None) or load `checkpoint` with `load` (default: a trained run's checkpoint;
+    tasks/evaluate.py passes a paper's released-weights loader), test, and always write result.json.
 
     `record`: entries to add to the record up front (e.g. eval's source checkpoint and budget). A failure
     becomes a failed result.json and is re-raised when `reraise` (a single run: non-zero exit) or only
@@ -363,7 +371,7 @@ def execute(cfg: DictConfig, run_dir: Path, task: str, *, checkpoint: Path | Non
                 record["checkpoint"] = save_checkpoint(trainer, run_dir).relative_to(run_dir).as_posix()
             tester = testing_trainer(cfg, run_dir, fitted=trainer)
         else:
-            step = load_weights(run.module, checkpoint)
+            step = load(run.module, checkpoint)
             if step is not None:  # a step<N>.ckpt holds fewer steps than the run that wrote it
                 record["budget"] = {**record["budget"], "global_step": step}
             tester = testing_trainer(cfg, run_dir)

@@ -9,7 +9,8 @@ Config (conf/train.yaml, conf/eval.yaml; not part of the config hash: no metric 
     threshold: normal_quantile   the `threshold_quantile` (q, default 0.99) quantile of the image scores and of the
                                  map pixels of normal images held out of training (needs data.holdout_normal > 0)
     threshold: f1_test           the F1-optimal thresholds on the labelled test set (`CategoryEvaluation.f1_thresholds`):
-                                 optimistic, chosen on the data they are scored on, and marked so everywhere
+                                 optimistic, chosen on the data they are scored on, and marked so everywhere; a
+                                 dataset without masks has no pixel F1: the pixel threshold is null, with the reason
 
 result.json: ``thresholds: {image: {value, mode, optimistic, ...}, pixel: {...}}`` (absent with ``none``).
 """
@@ -35,6 +36,7 @@ from anobench.tasks.inference import Inference, score_loader
 LEVELS = ("image", "pixel")
 DEFAULT_QUANTILE = 0.99
 OPTIMISTIC_NOTE = "optimistic: chosen on the labelled test set it is scored on"
+NO_PIXEL_F1_NOTE = "skipped: the pixel F1 needs ground-truth masks and the dataset has none"
 HOLDOUT_HINT = ("hold normal images out of training to enable it: data.holdout_normal=0.1 (a fraction of "
                 "train/good) or data.holdout_normal=10 (a count); the default 0 keeps the papers' protocol")
 
@@ -135,8 +137,12 @@ def decision_thresholds(setting: ThresholdSetting, evaluation: CategoryEvaluatio
     if setting.mode == "fixed":
         return {level: Threshold(value, "fixed") for level, value in setting.values.items()}
     if setting.mode == "f1_test":
-        return {level: Threshold(_finite_or_none(evaluation.f1_thresholds.get(level)), "f1_test", optimistic=True,
-                                 detail={"note": OPTIMISTIC_NOTE}) for level in LEVELS}
+        chosen = {level: Threshold(_finite_or_none(evaluation.f1_thresholds.get(level)), "f1_test", optimistic=True,
+                                   detail={"note": OPTIMISTIC_NOTE}) for level in LEVELS}
+        if not evaluation.has_pixel_metrics:  # the pixel F1 needs ground-truth masks
+            chosen["pixel"] = Threshold(None, "f1_test", optimistic=True,
+                                        detail={"note": NO_PIXEL_F1_NOTE})
+        return chosen
     if holdout is None:
         raise ConfigError(f"threshold=normal_quantile: no held-out normal images were scored; {HOLDOUT_HINT}")
     detail = {"q": setting.q, "n_images": len(holdout.scores)}

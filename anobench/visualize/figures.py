@@ -1,4 +1,4 @@
-"""Per-run pictures: input | ground-truth outline | [predicted region | ] heatmap panels, and the ROC / PRO curves.
+"""Per-run pictures: input | [ground-truth outline | ] [predicted region | ] heatmap panels, and the ROC / PRO curves.
 
 Why: an AUROC alone hides a method that fires on the background or misses thin scratches; the maps
 next to the defects show it. Every panel of a run uses ONE colour scale (the min and max over all
@@ -7,7 +7,8 @@ per-image stretch of noise.
 
 The curves are the metrics' own (`anobench.metrics.curves`, read off the pixel ranking that gave
 result.json's pixel AUROC and PRO), thinned for drawing; nothing is recomputed here. Drawn on matplotlib
-`Figure` objects (no pyplot, so no global state and no display needed).
+`Figure` objects (no pyplot, so no global state and no display needed). A dataset without ground-truth masks
+has no pixel curves and no ground-truth column: those are left out, not drawn empty.
 """
 
 from __future__ import annotations
@@ -79,10 +80,29 @@ def panel_name(sample: Any) -> str:
 
 
 # --- curves ---------------------------------------------------------------------------------------
-def write_curves(path: Path, curves: MetricCurves, metrics: dict[str, float], fpr_limit: float, title: str) -> Path:
-    """ROC (image and pixel) and PRO side by side, as the metrics computed them; the PRO limit is shaded."""
+def write_curves(path: Path, curves: MetricCurves, metrics: dict[str, float | None], fpr_limit: float, title: str,
+                 no_pixel_note: str | None = None) -> Path:
+    """ROC (image and pixel) and PRO side by side, as the metrics computed them; the PRO limit is shaded.
+
+    `no_pixel_note`: the pixel metrics were not computed (no masks, the note says so): the image ROC alone."""
     from matplotlib.figure import Figure
 
+    if no_pixel_note is not None:
+        fig = Figure(figsize=(5.2, 4.6), dpi=100)
+        roc_ax = fig.subplots(1, 1)
+        if curves.image_roc is not None:
+            roc_ax.plot(curves.image_roc.x, curves.image_roc.y,
+                        label=f"image ROC (AUROC {_number(metrics.get('image_auroc'))})")
+        roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
+                   title="image ROC")
+        roc_ax.legend(loc="lower right", fontsize=8)
+        fig.suptitle(title, fontsize=10)
+        fig.text(0.5, 0.005, f"no pixel ROC or PRO: pixel metrics {no_pixel_note}", ha="center", fontsize=7,
+                 color="grey")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        fig.savefig(path)
+        return path
     fig = Figure(figsize=(10, 4.4), dpi=100)
     roc_ax, pro_ax = fig.subplots(1, 2)
     if curves.image_roc is not None:
@@ -117,41 +137,52 @@ def write_curves(path: Path, curves: MetricCurves, metrics: dict[str, float], fp
     return path
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 # --- panels -----------------------------------------------------------------------------------
 def _display_size(width: int, height: int) -> tuple[int, int]:
     factor = min(1.0, DISPLAY_SIZE / max(width, height))
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
-def write_panel(path: Path, image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, scale: ColourScale,
+def write_panel(path: Path, image: np.ndarray, mask: np.ndarray | None, anomaly_map: np.ndarray, scale: ColourScale,
                 title: str, pixel_threshold: float | None = None, threshold_label: str | None = None) -> Path:
     """input | ground-truth outline | [predicted region | ] heatmap overlay, with the run's colour bar.
 
     The predicted region (map >= `pixel_threshold`, yellow, the ground truth in red beside it) is drawn only
-    when the run records a pixel threshold; `threshold_label` says how it was chosen.
+    when the run records a pixel threshold; `threshold_label` says how it was chosen. `mask` None: the dataset
+    has no ground truth, so there is no ground-truth column (an empty one would read "no defect").
     """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     predicted = pixel_threshold is not None
-    fig = Figure(figsize=(14.0 if predicted else 10.5, 3.7), dpi=100)
-    axes = fig.subplots(1, 4 if predicted else 3)
+    with_truth = mask is not None
+    if mask is None:
+        mask = np.zeros(np.shape(anomaly_map), dtype=bool)
+    n_axes = 2 + with_truth + predicted
+    fig = Figure(figsize=(3.5 * n_axes, 3.7), dpi=100)
+    axes = fig.subplots(1, n_axes)
     axes[0].imshow(image)
     axes[0].set_title("input", fontsize=9)
-    axes[1].imshow(image)
-    if mask.any():
-        axes[1].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=1.2)
-    axes[1].set_title("ground truth" if mask.any() else "ground truth (no defect)", fontsize=9)
+    if with_truth:
+        axes[1].imshow(image)
+        if mask.any():
+            axes[1].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=1.2)
+        axes[1].set_title("ground truth" if mask.any() else "ground truth (no defect)", fontsize=9)
     if predicted:
         region = (np.asarray(anomaly_map) >= pixel_threshold).astype(float)
-        axes[2].imshow(image)
+        region_ax = axes[1 + with_truth]
+        region_ax.imshow(image)
         if region.any():
-            axes[2].contourf(region, levels=[0.5, 1.5], colors="yellow", alpha=0.35)
-            axes[2].contour(region, levels=[0.5], colors="yellow", linewidths=1.2)
+            region_ax.contourf(region, levels=[0.5, 1.5], colors="yellow", alpha=0.35)
+            region_ax.contour(region, levels=[0.5], colors="yellow", linewidths=1.2)
         if mask.any():
-            axes[2].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=0.8)
-        axes[2].set_title(f"predicted: map >= {pixel_threshold:.4g}" + (f"\n({threshold_label})" if threshold_label
+            region_ax.contour(mask.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+        region_ax.set_title(f"predicted: map >= {pixel_threshold:.4g}" + (f"\n({threshold_label})" if threshold_label
                                                                        else ""), fontsize=8)
     heat = axes[-1]
     grey = image.astype(np.float64).mean(axis=2, keepdims=True) / 255.0
@@ -174,13 +205,14 @@ def write_panels(
     maps: Sequence[np.ndarray],
     scores: np.ndarray,
     samples: Sequence[Any],
-    get_mask: Callable[[int], np.ndarray],
+    get_mask: Callable[[int], np.ndarray] | None,
     scale: ColourScale,
     max_per_defect: int,
     pixel_threshold: float | None = None,
     threshold_label: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One panel per selected test image; returns what each panel shows (for the manifest)."""
+    """One panel per selected test image; returns what each panel shows (for the manifest). `get_mask` None: no
+    ground truth to draw."""
     from PIL import Image
 
     from anobench.data.mvtec import load_image
@@ -193,7 +225,7 @@ def write_panels(
         image = load_image(sample.image_path)
         size = _display_size(*image.size)
         pixels = np.asarray(image.resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)
-        mask = downsample_mask(get_mask(i), size)
+        mask = None if get_mask is None else downsample_mask(get_mask(i), size)
         name = panel_name(sample)
         write_panel(out_dir / name, pixels, mask, upsample_map(maps[i], size), scale,
                     f"{sample.defect_type} / {Path(sample.image_path).name}   score {float(scores[i]):.4g}",
@@ -209,7 +241,7 @@ def write_run_figures(
     maps: Sequence[np.ndarray],
     scores: np.ndarray,
     samples: Sequence[Any],
-    get_mask: Callable[[int], np.ndarray],
+    get_mask: Callable[[int], np.ndarray] | None,
     evaluation: CategoryEvaluation,
     max_per_defect: int = 3,
     title: str = "",
@@ -219,7 +251,7 @@ def write_run_figures(
     """Write <run_dir>/figures/{panels/*.png, curves.png, figures.json}; return the manifest.
 
     maps / scores / samples are the evaluated test images in test-sample order, ``get_mask(i)`` returns
-    sample i's mask at its original resolution, ``evaluation`` is what the metrics computed (its metrics
+    sample i's mask at its original resolution (None: the dataset has no masks), ``evaluation`` is what the metrics computed (its metrics
     label the curves, its curves are drawn). Paths in the manifest are relative to the figures folder. With a
     ``pixel_threshold`` (result.json's ``thresholds.pixel``) each panel also shows the predicted region.
     """
@@ -234,7 +266,8 @@ def write_run_figures(
     scale = run_colour_scale(maps)
     panels = write_panels(figures_dir / PANELS_DIR, maps, scores, samples, get_mask, scale, int(max_per_defect),
                           pixel_threshold, threshold_label)
-    write_curves(figures_dir / CURVES_FILE, evaluation.curves, evaluation.metrics, evaluation.fpr_limit, title)
+    write_curves(figures_dir / CURVES_FILE, evaluation.curves, evaluation.metrics, evaluation.fpr_limit, title,
+                 no_pixel_note=evaluation.pixel_metrics_note)
     manifest = {
         "colour_scale": {"vmin": scale.vmin, "vmax": scale.vmax, "cmap": HEATMAP_CMAP, "scope": "run"},
         "max_per_defect": int(max_per_defect),

@@ -19,7 +19,7 @@ import yaml
 
 from anobench.io import atomic_write_text
 from anobench.results.leaderboard import Leaderboard, build_leaderboard, collect_results
-from anobench.results.render import format_value, to_html
+from anobench.results.render import NOT_COMPUTED, format_value, to_html
 from anobench.results.record import METRIC_KEYS, now_iso
 from anobench.visualize.figures import CURVES_FILE, FIGURES_DIR, MANIFEST_FILE, PANELS_DIR
 from anobench.visualize.plots import write_metric_plots
@@ -118,7 +118,7 @@ def _run_html(record: dict[str, Any], base: Path) -> str:
     run_dir = result_path.parent
     ok = record.get("status") == "ok"
     metrics = record.get("metrics") or {}
-    values = ", ".join(f"{k} {format_value(metrics.get(k))}" for k in METRIC_KEYS if k in metrics)
+    values = ", ".join(f"{k} {format_value(metrics.get(k), missing=NOT_COMPUTED)}" for k in METRIC_KEYS if k in metrics)
     label = (record.get("budget") or {}).get("label", "unknown")
     title = (f"{_e(record.get('method'))} &middot; seed {_e(record.get('seed'))} &middot; {_e(record.get('task'))}"
              f" &middot; budget {_e(label)}")

@@ -49,7 +49,8 @@ def eval_visualize_settings(run_cfg: DictConfig, eval_cfg: DictConfig) -> dict[s
 
 
 def record_figures(run_dir: Path, settings: VisualizeSettings, maps: Sequence[np.ndarray], scores: np.ndarray,
-                   samples: Sequence[Any], get_mask: Callable[[int], np.ndarray], evaluation: CategoryEvaluation,
+                   samples: Sequence[Any], get_mask: Callable[[int], np.ndarray] | None,
+                   evaluation: CategoryEvaluation,
                    title: str, pixel_threshold: float | None = None,
                    threshold_label: str | None = None) -> tuple[dict[str, Any], float]:
     """Write the run's figures when enabled; return (result.json's ``figures`` block, seconds spent).

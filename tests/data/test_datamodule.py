@@ -155,12 +155,15 @@ def test_mvtec_dataset_uses_root_or_env(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("ANOBENCH_MVTEC_ROOT", raising=False)
     with pytest.raises(DataError, match="ANOBENCH_MVTEC_ROOT"):
         AnomalyDataModule(dataset="mvtec", category="bottle").setup()
-    monkeypatch.setenv("ANOBENCH_MVTEC_ROOT", str(syn_root))  # any MVTec-layout folder works
-    dm = AnomalyDataModule(dataset="mvtec", category="tablet", image_size=32)
+    (tmp_path / "bottle").symlink_to(syn_root / "tablet")  # any MVTec-layout folder named like an MVTec category
+    monkeypatch.setenv("ANOBENCH_MVTEC_ROOT", str(tmp_path))
+    dm = AnomalyDataModule(dataset="mvtec", category="bottle", image_size=32)
     dm.setup()
-    assert dm.index.root == syn_root and len(dm.index.train) == 5
+    assert dm.index.root == tmp_path and len(dm.index.train) == 5 and dm.has_masks
     with pytest.raises(DataError, match="tablet"):  # lists existing categories
-        AnomalyDataModule(dataset="mvtec", category="bottle", root=str(syn_root)).setup()
+        AnomalyDataModule(dataset="mvtec", category="cable", root=str(syn_root)).setup()
+    with pytest.raises(ConfigError, match="data=folder data.root=<folder>"):  # never averaged into MVTec's Mean
+        AnomalyDataModule(dataset="mvtec", category="tablet", root=str(syn_root))
 
 
 @pytest.mark.parametrize(

@@ -187,7 +187,7 @@ def test_datamodule_setup_checks_every_file_before_training(tmp_path: Path) -> N
     folder = make_tree(tmp_path)
     bad = folder / "test" / "scratch" / "001.png"
     bad.write_bytes(b"not a png at all")
-    module = AnomalyDataModule(dataset="mvtec", root=str(tmp_path), category="widget", image_size=16)
+    module = AnomalyDataModule(dataset="folder", root=str(folder), category="widget", image_size=16)
     with pytest.raises(DataError, match=str(bad)):
         module.setup("fit")
 

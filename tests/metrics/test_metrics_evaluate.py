@@ -159,3 +159,31 @@ def test_memory_estimate_and_clear_error_when_a_category_cannot_fit():
                                           r"but only 0\.1 GiB is available.*evaluation.resolution=model"):
         check_memory(masks, np.dtype(np.float32), available=2**30 // 10)
     check_memory(masks, np.dtype(np.float32), available=needed)  # fits: no error
+
+
+def test_without_masks_image_metrics_equal_sklearn_and_pixel_metrics_are_none():
+    from sklearn.metrics import average_precision_score
+
+    maps, scores, masks, labels = make_category(np.random.default_rng(6))
+    sizes = [m.shape for m in masks]
+    result = evaluate_category(maps, scores, None, labels, image_sizes=sizes)
+    assert result.metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert result.metrics["image_ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert {k for k, v in result.metrics.items() if v is None} == {"pixel_auroc", "pro", "pixel_ap", "pixel_f1_max"}
+    # the map-max AUROC keeps its resolution semantics: the max of the map upsampled to the image's size
+    with_masks = evaluate_category(maps, scores, masks, labels)
+    for key in ("image_auroc", "image_ap", "image_f1_max", "image_auroc_map_max"):
+        assert result.metrics[key] == with_masks.metrics[key], key
+    up_max = [upsample_map(a, s).max() for a, s in zip(maps, sizes)]
+    assert result.metrics["image_auroc_map_max"] == roc_auc_score(labels, up_max)
+    record = result.as_record()
+    assert record["pixel_metrics"] == "not computed: the dataset has no ground-truth masks"
+    assert record["n_regions"] is None and set(record["f1_optimal_thresholds"]) == {"image"}
+    assert result.curves.image_roc is not None and result.curves.pixel_roc is None and result.curves.pro is None
+    assert "pixel_metrics" not in with_masks.as_record()  # records with masks are unchanged
+    model = evaluate_category(maps, scores, None, labels, resolution="model")
+    assert model.metrics["image_auroc_map_max"] == roc_auc_score(labels, [m.max() for m in maps])
+    with pytest.raises(ValueError, match="needs image_sizes"):
+        evaluate_category(maps, scores, None, labels)
+    with pytest.raises(ValueError, match="image_sizes has 4 entries but anomaly_maps has 5"):
+        evaluate_category(maps, scores, None, labels, image_sizes=sizes[:4])

@@ -8,7 +8,8 @@ masks. Two sources, chosen by ``labelled_source``:
   module's ``on_test_epoch_end``) and listed in the result. At least one image of every defect type
   and one good image always stays in the evaluated set (k is capped per type); if that leaves no
   defective image to label (e.g. one test image per defect type), the selection falls back to
-  ``synthetic`` and says so in the record.
+  ``synthetic`` and says so in the record. A dataset without ground-truth masks (``data=folder`` with
+  no masks) has nothing to label pixels with, so it falls back to ``synthetic`` too, recorded the same way.
 - ``synthetic``: the labelled images come from anobench's synthetic defect generator, so the method
   never sees a real defect and no test image is excluded. For a synthetic category the generator
   renders extra samples of the category with a seed different from the data's; for MVTec the
@@ -159,7 +160,10 @@ def build_labelled_set(
         raise ValueError(f"labelled_source={source!r}; expected one of {', '.join(SOURCES)}")
     info: dict[str, Any] = {"requested_source": source, "k_per_defect_type": k, "n_normal": n_normal, "seed": seed}
     samples = datamodule.test_samples
-    if source == "test_split":
+    if source == "test_split" and not datamodule.has_masks:
+        info["fallback"] = ("the dataset has no ground-truth masks, so no test image can be labelled with its "
+                            "defect pixels; used the synthetic generator's defects on training images instead")
+    elif source == "test_split":
         rows = select_from_test_split(samples, k, n_normal, seed)
         if any(samples[i].label == 1 for i in rows):
             info.update(source="test_split", test_indices=rows,

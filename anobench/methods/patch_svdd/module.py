@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from anobench.methods.base import AnomalyModule, OptimizerFactory, TestPredictions
 from anobench.methods.patch_svdd.nearest import NearestNeighbourSettings
+from anobench.methods.patch_svdd.released import RELEASED_SOURCE, load_released_encoder, paper_evaluation_deviations
 from anobench.methods.patch_svdd.sampling import (
     check_image_size,
     crop_patches,
@@ -142,6 +143,19 @@ class PatchSVDD(AnomalyModule):
             + self.lambda_svdd * (out[f"loss_svdd_{BIG_K}"] + out[f"loss_svdd_{SMALL_K}"])
         )
         return out
+
+    # --- the authors' released weights (released.py; `anobench eval ... weights.released=<enchier.pkl>`) ----
+    released_weights_source = RELEASED_SOURCE
+
+    @staticmethod
+    def released_weights_deviations(method_cfg: dict) -> list[str]:
+        """What a resolved method config changes from the authors' evaluation (empty: evaluated as the paper)."""
+        return paper_evaluation_deviations(method_cfg)
+
+    def load_released_weights(self, path) -> None:
+        """The authors' trained hierarchical encoder instead of training; the mean image and the banks are
+        then built from the category's training images at test start (`prepare_inference`), as theirs are."""
+        load_released_encoder(self.model.encoder, path)
 
     # --- inference ----------------------------------------------------------------------------
     def prepare_inference(self, train_loader: DataLoader) -> None:
