@@ -25,7 +25,7 @@ from anobench.data.mvtec import CategoryIndex, Sample, check_decodable, image_si
 from anobench.data.synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic
 from anobench.errors import ConfigError
 
-__all__ = ["AnomalyDataModule", "AUGMENT_KEYS", "DEFAULT_SYNTHETIC_ROOT", "DataIdentity", "input_pixels", "input_tensor"]
+__all__ = ["AnomalyDataModule", "AUGMENT_KEYS", "DEFAULT_SYNTHETIC_ROOT", "DataIdentity", "INTERPOLATIONS", "input_pixels", "input_tensor"]
 
 DATASETS = ("mvtec", "synthetic", "mpdd", "btad", "visa", "folder")
 # data=folder's layout options when not given (as conf/data_base/folder.yaml sets them)
@@ -42,17 +42,25 @@ class DataIdentity(NamedTuple):
     category: str
     root: str | None
     image_size: int
+    interpolation: str = "bilinear"
 
     def key(self) -> str:
-        """``dataset:category:root:image_size`` (the Uninformed Students teacher cache's data key)."""
-        return ":".join(str(value) for value in self)
+        """``dataset:category:root:image_size`` (the Uninformed Students teacher cache's data key), with
+        ``:interpolation`` appended when it is not the default bilinear (keys written before it existed hold)."""
+        values = self if self.interpolation != "bilinear" else self[:-1]
+        return ":".join(str(value) for value in values)
 
 
-def input_pixels(image: Image.Image, size: int) -> np.ndarray:
-    """An RGB image (`anobench.data.mvtec.load_image`) as a method sees it: resized to size×size (bilinear,
-    unless it already is) as 3×S×S uint8. Every loader and `anobench predict` convert images with this."""
+# data.interpolation (a method's `input.interpolation`): the Pillow filter that resizes images to the input size
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def input_pixels(image: Image.Image, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """An RGB image (`anobench.data.mvtec.load_image`) as a method sees it: resized to size×size with Pillow's
+    `interpolation` filter (unless it already is that size) as 3×S×S uint8. Every loader and `anobench predict`
+    convert images with this."""
     if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
+        image = image.resize((size, size), INTERPOLATIONS[interpolation])
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
 
@@ -92,9 +100,11 @@ class _ImageDataset(Dataset):
         size: int,
         augment: dict[str, Any] | None = None,
         with_label: bool = False,
+        interpolation: str = "bilinear",
     ) -> None:
         self.samples = samples
         self.size = size
+        self.interpolation = interpolation
         self.augment = augment
         self.with_label = with_label
         self._cache: dict[int, np.ndarray] = {}
@@ -105,7 +115,7 @@ class _ImageDataset(Dataset):
     def _pixels(self, i: int) -> np.ndarray:
         pixels = self._cache.get(i)
         if pixels is None:
-            pixels = input_pixels(load_image(self.samples[i].image_path), self.size)
+            pixels = input_pixels(load_image(self.samples[i].image_path), self.size, self.interpolation)
             self._cache[i] = pixels
         return pixels
 
@@ -257,7 +267,7 @@ class AnomalyDataModule(L.LightningDataModule):
         holdout_dataloader()         images above; scored after the test for decision thresholds
         exclude_from_training(ids)   never train on these training images (held-out validation images)
         train_indices_only(enabled)  training batches carry only "index" (a method keeping its own copy)
-        identity                     `DataIdentity` (dataset, category, root, image_size): what the data is, e.g.
+        identity                     `DataIdentity` (dataset, category, root, image_size, interpolation): what the data is, e.g.
                                      what a per-category cache keys on
         augment, image_size          the training augmentation ({} = none) and the square input size
         dataset, category, synthetic the configured source (the synthetic generator's settings, {} for MVTec)
@@ -292,6 +302,7 @@ class AnomalyDataModule(L.LightningDataModule):
         normal_dir: str | None = None,
         mask_dir: str | None = None,
         mask_suffix: str | None = None,
+        interpolation: str = "bilinear",
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -321,11 +332,15 @@ class AnomalyDataModule(L.LightningDataModule):
         if not isinstance(jitter, (int, float)) or not 0.0 <= float(jitter) < 1.0:
             raise ConfigError(f"data.augment.color_jitter={jitter!r} is invalid; expected a number in [0, 1)")
         synthetic = _known_keys("data.synthetic", synthetic, SYNTHETIC_KEYS)
+        if interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"data.interpolation={interpolation!r} is invalid (set by the method's "
+                              f"input.interpolation); expected one of: {', '.join(INTERPOLATIONS)}")
         _check_holdout(holdout_normal)
         self.dataset = dataset
         self.category = category
         self.root = root
         self.image_size = image_size
+        self.interpolation = interpolation
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -346,7 +361,7 @@ class AnomalyDataModule(L.LightningDataModule):
     @property
     def identity(self) -> DataIdentity:
         """The configured source and input size (not the location of a synthetic root's generated files)."""
-        return DataIdentity(self.dataset, self.category, self.root, self.image_size)
+        return DataIdentity(self.dataset, self.category, self.root, self.image_size, self.interpolation)
 
     # --- setup -------------------------------------------------------------------------------
     @property
@@ -386,11 +401,11 @@ class AnomalyDataModule(L.LightningDataModule):
         if ds is None:
             index = self._require_index()
             if name == "train":
-                ds = _ImageDataset(index.train, self.image_size, augment=self.augment)
+                ds = _ImageDataset(index.train, self.image_size, augment=self.augment, interpolation=self.interpolation)
             elif name == "inference_train":
-                ds = _ImageDataset(index.train, self.image_size)
+                ds = _ImageDataset(index.train, self.image_size, interpolation=self.interpolation)
             else:
-                ds = _ImageDataset(index.test, self.image_size, with_label=True)
+                ds = _ImageDataset(index.test, self.image_size, with_label=True, interpolation=self.interpolation)
             self._datasets[name] = ds
         return ds
 
@@ -460,7 +475,7 @@ class AnomalyDataModule(L.LightningDataModule):
         """The normal training images held out of training (``holdout_normal``), in ``holdout_samples`` order,
         un-augmented, with their "index" into that list; empty without a holdout."""
         self._require_index()
-        return self._loader(_ImageDataset(self.holdout_samples, self.image_size), self.eval_batch_size, shuffle=False)
+        return self._loader(_ImageDataset(self.holdout_samples, self.image_size, interpolation=self.interpolation), self.eval_batch_size, shuffle=False)
 
     # --- evaluation helpers ------------------------------------------------------------------
     @property

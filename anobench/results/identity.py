@@ -18,7 +18,7 @@ VOLATILE_KEYS = ("paths", "data.root", "hydra", "method.resources", "malloc_keep
                  "threshold", "threshold_quantile")
 # Dotted keys that change what is computed, but only away from their neutral value: at it they are left out,
 # so the runs recorded before the key existed keep their hash (tests/test_identity.py checks the committed results).
-NEUTRAL_DEFAULTS: dict[str, Any] = {"data.holdout_normal": 0}
+NEUTRAL_DEFAULTS: dict[str, Any] = {"data.holdout_normal": 0, "data.interpolation": "bilinear"}
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -6,7 +6,8 @@ latest result of each seed) with the paper's number beside ours where a paper re
 Each dataset (the record's ``dataset``: data.name for data=folder) is its own section with its own mean rows:
 all categories, textures, objects (MVTec AD's split; MVTec AD's Mean counts only its 15 categories).
 A metric a run recorded as null was not computed (no ground-truth masks: the pixel metrics): its cell is
-`not_computed`, and a mean row with such a member is null for that metric. Rendering (markdown, CSV, console, HTML) is anobench/results/render.py;
+`not_computed`, and a mean row with such a member is null for that metric.
+Rendering (markdown, CSV, console, HTML) is anobench/results/render.py;
 the publisher that writes the files is anobench/tasks/publish.py.
 """
 

@@ -94,6 +94,17 @@ def has_not_computed(board: Leaderboard) -> bool:
                for row in board.rows for method in board.methods for metric in board.metrics)
 
 
+def has_released(board: Leaderboard) -> bool:
+    """Whether any run of the board evaluated a paper's released weights (then the legend explains ‡)."""
+    return any(RELEASED_BUDGET in getattr(row.get((method, metric)), "budgets", ())
+               for row in board.rows for method in board.methods for metric in board.metrics)
+
+
+RELEASED_NOTE = (f"{RELEASED_MARK} = the paper authors' released weights evaluated by anobench (`anobench eval ... "
+                 "weights.released=<file>`): checks their model under our evaluation, **not a reproduction of "
+                 "training**.")
+
+
 def protocol_lines(board: Leaderboard) -> list[str]:
     """`method: the paper's protocol` for every method on the board that paper_numbers.yaml gives one."""
     return [f"{method}: {note}" for method, note in sorted(board.protocols.items())]
@@ -151,8 +162,7 @@ def to_markdown(board: Leaderboard, source: str) -> str:
         f"resolution{below}. "
         "Per-metric plots: [report.html](report.html).",
         "† = not trained with the paper's budget (smoke or reduced run): **not a paper reproduction**.",
-        f"{RELEASED_MARK} = the paper authors' released weights evaluated by anobench (`anobench eval ... "
-        "weights.released=<file>`): checks their model under our evaluation, **not a reproduction of training**.",
+        *([RELEASED_NOTE] if has_released(board) else []),
         "`[semi-supervised: …]` columns learned from labelled defect images (test_split: a few test images, "
         "left out of that method's evaluation; synthetic: generator defects only) — not comparable with the "
         "unsupervised columns.",

@@ -35,7 +35,8 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from functools import partial
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -263,7 +264,9 @@ def predict(cfg: DictConfig, *, progress: bool | None = None) -> PredictReport:
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
-        rows, skipped, notes = _score_files(inference, built.datamodule.image_size, built.datamodule.eval_batch_size,
+        dm = built.datamodule
+        to_pixels = partial(input_pixels, size=dm.image_size, interpolation=dm.interpolation)
+        rows, skipped, notes = _score_files(inference, to_pixels, dm.eval_batch_size,
                                             files, names, staging, thresholds, reference,
                                             cfg.get("progress", True) if progress is None else progress)
         image_t, pixel_t = thresholds.get("image"), thresholds.get("pixel")
@@ -299,7 +302,8 @@ def predict(cfg: DictConfig, *, progress: bool | None = None) -> PredictReport:
     return PredictReport(output=output, rows=rows, skipped=skipped, summary=summary)
 
 
-def _score_files(inference: Inference, size: int, batch_size: int, files: Sequence[Path], names: Sequence[str],
+def _score_files(inference: Inference, to_pixels: Callable[[Any], np.ndarray], batch_size: int, files: Sequence[Path],
+                 names: Sequence[str],
                  staging: Path, thresholds: dict[str, Threshold], reference: dict[str, float], show_progress: bool
                  ) -> tuple[list[dict[str, Any]], list[Skipped], list[str]]:
     from rich.console import Console
@@ -337,7 +341,7 @@ def _score_files(inference: Inference, size: int, batch_size: int, files: Sequen
         })
 
     def score(batch: list[tuple[Path, str, Any]]) -> None:
-        images = input_tensor(np.stack([input_pixels(image, size) for _, _, image in batch]))
+        images = input_tensor(np.stack([to_pixels(image) for _, _, image in batch]))
         try:
             outputs = [inference(images)]
             members = [batch]
@@ -345,7 +349,7 @@ def _score_files(inference: Inference, size: int, batch_size: int, files: Sequen
             outputs, members = [], []
             for item in batch:
                 try:
-                    outputs.append(inference(input_tensor(input_pixels(item[2], size)[None])))
+                    outputs.append(inference(input_tensor(to_pixels(item[2])[None])))
                     members.append([item])
                 except ValueError as error:
                     skipped.append(Skipped(str(item[0]), f"the model cannot score it: {error}"))

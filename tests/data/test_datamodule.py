@@ -136,8 +136,8 @@ def test_the_interface_a_method_uses_beyond_batches(syn_root: Path) -> None:
     assert images.shape == (5, 3, 32, 32) and images.dtype == torch.float32
     assert torch.equal(images, torch.cat([b["image"] for b in dm.inference_train_dataloader()]))
     assert dm.training_images() is not images  # a new tensor per call: the caller may change it in place
-    assert dm.identity == ("synthetic", "tablet", str(syn_root), 32)
-    assert dm.identity.key() == f"synthetic:tablet:{syn_root}:32"
+    assert dm.identity == ("synthetic", "tablet", str(syn_root), 32, "bilinear")
+    assert dm.identity.key() == f"synthetic:tablet:{syn_root}:32"  # the default filter keeps the keys written before it
     dm.exclude_from_training([1, 3])
     dm.exclude_from_training([])  # undone: every training image again
     assert sorted(torch.cat([b["index"] for b in dm.train_dataloader()]).tolist()) == list(range(5))
@@ -200,3 +200,24 @@ def test_worker_processes_give_the_same_batches(syn_root: Path) -> None:
         [b["image"] for b in _dm(syn_root, seed=5, augment=augment, num_workers=1).train_dataloader()]
     )
     assert torch.equal(in_process, with_worker)
+
+
+def test_the_resize_filter_is_the_configured_one_and_a_bad_name_is_refused(syn_root: Path) -> None:
+    """data.interpolation (a method's input.interpolation) picks Pillow's filter; patch_svdd composes `nearest`."""
+    from hydra import compose, initialize_config_dir
+
+    from anobench.config import config_dir
+    from anobench.data.mvtec import load_image
+
+    first = syn_root / "tablet" / "train" / "good" / sorted(p.name for p in (syn_root / "tablet" / "train" / "good").iterdir())[0]
+    for name, pil in (("nearest", Image.NEAREST), ("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+        dm = _dm(syn_root, interpolation=name)
+        expected = np.asarray(load_image(first).resize((32, 32), pil), dtype=np.float32).transpose(2, 0, 1) / 255
+        assert np.array_equal(dm.training_images()[0].numpy(), expected), name
+        assert dm.identity.key().endswith("" if name == "bilinear" else f":{name}")
+    assert not torch.equal(_dm(syn_root, interpolation="nearest").training_images(), _dm(syn_root).training_images())
+    with pytest.raises(ConfigError, match="data.interpolation='lanczos' is invalid.*nearest"):
+        _dm(syn_root, interpolation="lanczos")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        assert compose("train", overrides=["method=patch_svdd"]).data.interpolation == "nearest"
+        assert compose("train", overrides=["method=memae"]).data.interpolation == "bilinear"

@@ -195,7 +195,7 @@ def test_folder_without_masks_gives_image_metrics_only(tmp_path: Path) -> None:
     root = _mvtec_like(tmp_path / "screws", defects={"abnormal": 3}, ext=".jpg", mask_dir=None)
     dm = _folder_dm(root)
     dm.setup()
-    assert dm.name == "custom" and dm.identity == ("folder", "screws", str(root), 16)
+    assert dm.name == "custom" and dm.identity == ("folder", "screws", str(root), 16, "bilinear")
     assert len(dm.index.train) == 3 and [s.label for s in dm.test_samples] == [1, 1, 1, 0, 0]
     assert all(s.mask_path is None for s in dm.test_samples) and not dm.has_masks
     assert dm.load_mask(0).shape == SIZE[::-1] and not dm.load_mask(0).any()

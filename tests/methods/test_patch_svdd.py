@@ -13,6 +13,8 @@ from anobench.methods import get_method
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.patch_svdd import EncoderHier, EncoderSmall, PatchSVDD, PatchSVDDModel, PositionClassifier
 from anobench.methods.patch_svdd.nearest import (
+    CERTIFIED_MIN_ROWS,
+    CertifiedExactSearch,
     NearestNeighbourIndex,
     NearestNeighbourSettings,
     nearest_distances,
@@ -423,6 +425,40 @@ def test_faiss_exact_equals_brute_force_cdist():
     dist, index = NearestNeighbourIndex(bank, NearestNeighbourSettings("exact")).query(queries, return_index=True)
     torch.testing.assert_close(dist, ref.values, atol=1e-5, rtol=1e-5)
     assert (index == ref.indices).float().mean() > 0.99
+
+
+def _clustered_bank_and_queries(n_bank: int = 30000):
+    """A clustered bank; queries near bank rows (certifiable), far outliers and points between clusters (not)."""
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(200, 64, generator=g)
+    bank = centres[torch.randint(0, 200, (n_bank,), generator=g)] + 0.3 * torch.randn(n_bank, 64, generator=g)
+    near = bank[torch.randint(0, n_bank, (1500,), generator=g)] + 0.01 * torch.randn(1500, 64, generator=g)
+    between = (centres[torch.randint(0, 200, (300,), generator=g)] + centres[torch.randint(0, 200, (300,), generator=g)]) / 2
+    outliers = 3 * torch.randn(200, 64, generator=g)
+    return bank.float(), torch.cat([near, between, outliers]).float()
+
+
+def test_certified_search_is_exact_and_skips_the_full_scan_for_near_queries():
+    bank, queries = _clustered_bank_and_queries()
+    search = CertifiedExactSearch(bank.numpy(), nlist=256, nprobe=4)
+    index = torch.from_numpy(search.search(queries.numpy()))
+    reference = torch.cdist(queries.double(), bank.double()).min(dim=1)
+    found = (queries.double() - bank.double()[index]).norm(dim=1)
+    torch.testing.assert_close(found, reference.values, rtol=1e-12, atol=1e-12)  # the nearest row, every query
+    assert 0.5 < search.certified_share < 1.0  # near queries proven from 4 of 256 cells; the others scanned
+    # a wrong bound (no gap to unprobed cells) would certify the outliers too: they are not
+    assert search.certified_share <= 1500 / len(queries) + 0.1
+
+
+def test_exact_index_uses_the_certified_search_on_large_banks_with_the_same_answers():
+    bank, queries = _clustered_bank_and_queries(CERTIFIED_MIN_ROWS)
+    index = NearestNeighbourIndex(bank, NearestNeighbourSettings("exact"))
+    assert index.certified is not None
+    dist, rows = index.query(queries, return_index=True)
+    reference = torch.cdist(queries.double(), bank.double()).min(dim=1)
+    torch.testing.assert_close(dist.double(), reference.values, rtol=1e-5, atol=1e-6)
+    record = index.settings.as_record(bank_rows={"k32": len(bank)}, on_cuda=False)
+    assert record["approximate"] is False
 
 
 def test_faiss_ivf_is_close_and_never_below_exact():

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from anobench.cli import config_name_for
 from anobench.config import config_dir
 from anobench.errors import ConfigError
 from anobench.methods.patch_svdd import EncoderHier, PatchSVDD
@@ -33,6 +34,7 @@ from anobench.results.leaderboard import build_leaderboard, collect_results
 from anobench.results.record import write_result
 from anobench.results.render import RELEASED_BUDGET, RELEASED_MARK, cell_text, to_markdown
 from anobench.results.reproduce import NOT_PAPER_BUDGET, OK, OUTSIDE, RELEASED_NOTE, check_reproduction
+from anobench.tasks.evaluate import evaluate_released
 from conftest import REPO, mvtec_root
 
 # The authors' EncoderDeep (K = 32): conv<i> = Conv2d(in, out, 3); then EncoderHier's head.
@@ -178,13 +180,19 @@ def test_eval_from_released_weights_records_budget_file_and_sha256(tmp_path, run
     assert f"{RELEASED_MARK} |" in board and "† |" not in board
 
 
-def test_eval_released_with_other_settings_or_method_is_refused_or_marked(tmp_path, run_cli):
+def test_eval_released_refuses_a_method_without_a_loader_and_a_missing_file(tmp_path):
     torch.save(authors_state_dict(), tmp_path / "enchier.pkl")
-    refused = run_cli("eval", "method=memae", "weights.released=enchier.pkl", *TINY_DATA, check=False)
-    assert refused.returncode == 2
-    assert "weights.released: method memae has no loader for a paper's released weights" in refused.stderr
-    absent = run_cli("eval", "method=patch_svdd", "weights.released=none.pkl", *TINY_DATA, check=False)
-    assert absent.returncode == 2 and "weights.released=none.pkl: no such file" in absent.stderr
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        memae = compose(config_name="eval_released", overrides=[
+            "method=memae", f"weights.released={tmp_path / 'enchier.pkl'}", *TINY_DATA])
+        absent = compose(config_name="eval_released", overrides=[
+            "method=patch_svdd", f"weights.released={tmp_path / 'none.pkl'}", *TINY_DATA])
+    with pytest.raises(ConfigError, match="weights.released: method memae has no loader for a paper's released"):
+        evaluate_released(memae)
+    with pytest.raises(ConfigError, match="none.pkl: no such file"):
+        evaluate_released(absent)
+    assert config_name_for("eval", ["method=patch_svdd", "weights.released=x.pkl"]) == "eval_released"
+    assert config_name_for("eval", ["checkpoint=run/checkpoints/last.ckpt"]) == "eval"
 
 
 def _write(root: Path, name: str, category: str, metrics: dict, label: str, seed: int = 0) -> None:
@@ -226,24 +234,33 @@ def released_file(category: str) -> Path | None:
     return None
 
 
+def _anobench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m anobench ...` with results under tmp_path (a bottle eval takes a few minutes on 2 CPU cores)."""
+    env = {**os.environ, "ANOBENCH_RESULTS_DIR": str(tmp_path / "results"), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "anobench", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=3600)
+
+
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_released_bottle_weights_reproduce_the_paper_numbers(tmp_path, run_cli):
-    """`anobench eval` from the released bottle encoder, then `anobench reproduce --check` on its result: image
-    and pixel AUROC (ground-truth resolution) within paper_numbers.yaml's tolerances of 0.986 / 0.981 (0.04 /
-    0.03; measured 0.99x / 0.98x, README "Released weights")."""
+def test_released_bottle_weights_reproduce_the_paper_numbers(tmp_path):
+    """`anobench eval` from the authors' released bottle encoder, then `anobench reproduce --check --category
+    bottle` on its result (paper_numbers.yaml's tolerances: ±0.04 image, ±0.03 pixel AUROC). The eval itself is
+    held to the issue's 2 points of the paper's 0.986 / 0.981; measured 0.987 / 0.981 at ground-truth
+    resolution (Patch SVDD README "Released weights"; ~3.5 min on 2 CPU cores)."""
     root, weights = mvtec_root(), released_file("bottle")
     if root is None or weights is None:
         pytest.skip(f"needs MVTec AD bottle (ANOBENCH_MVTEC_ROOT or ../shared/mvtec_ad) and the authors' released "
                     f"bottle encoder ({RELEASED_ENV}/bottle/enchier.pkl or ../shared/patch_svdd_released)")
-    run_cli("eval", "method=patch_svdd", "data=mvtec/bottle", f"data.root={root}", f"weights.released={weights}",
-            "visualize.enabled=false")
+    evaluated = _anobench(tmp_path, "eval", "method=patch_svdd", "data=mvtec/bottle", f"data.root={root}",
+                          f"weights.released={weights}", "visualize.enabled=false")
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
     [result] = (tmp_path / "results" / "runs").glob("patch_svdd/mvtec/bottle/released/*/result.json")
     record = json.loads(result.read_text())
-    assert record["budget"]["label"] == RELEASED_BUDGET
+    assert record["budget"]["label"] == RELEASED_BUDGET and record["budget"]["weights"]["file"] == "enchier.pkl"
     metrics = record["metrics"]
     assert abs(metrics["image_auroc"] - 0.986) <= 0.02, metrics
     assert abs(metrics["pixel_auroc"] - 0.981) <= 0.02, metrics
-    check = run_cli("reproduce", "--check", str(tmp_path / "results"), "--category", "bottle", check=False)
-    assert check.returncode == 0, check.stdout + check.stderr
+    check = _anobench(tmp_path, "reproduce", "--check", str(tmp_path / "results"), "--category", "bottle")
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     assert "reproduction check passed" in check.stdout

@@ -167,6 +167,12 @@ class PatchSVDD(AnomalyModule):
     def extra_test_results(self, predictions: TestPredictions | None = None) -> dict:
         """result.json evaluation.nearest_neighbour: how the 1-NN search was done."""
         m = self.model
-        return {"nearest_neighbour": self.nearest.as_record(
+        record = self.nearest.as_record(
             bank_rows={"k64": int(m.bank_64.shape[0]), "k32": int(m.bank_32.shape[0])},
-            on_cuda=m.bank_32.is_cuda, bank_subsample=self.bank_subsample)}
+            on_cuda=m.bank_32.is_cuda, bank_subsample=self.bank_subsample)
+        certified = {name.removeprefix("bank_"): round(index.certified.certified_share, 4)
+                     for name, index in m.nn_indexes().items()
+                     if index.certified is not None and index.certified.certified_share is not None}
+        if certified:  # exact search over a large bank: the share of queries proven from a few k-means cells
+            record["certified_share"] = certified
+        return {"nearest_neighbour": record}

@@ -211,6 +211,7 @@ class NearestNeighbourIndex:
         self.settings = settings
         self.mean = bank_mean(bank)
         self.index = None
+        self.certified: CertifiedExactSearch | None = None
         self._mean_cpu = self.mean.detach().to("cpu", torch.float32)
         if search == "torch" or bank.is_cuda:
             self.centred = bank - self.mean
@@ -219,6 +220,9 @@ class NearestNeighbourIndex:
 
         data = (bank.detach().to("cpu", torch.float32) - self._mean_cpu).contiguous().numpy()
         d = data.shape[1]
+        if search == "exact" and data.shape[0] >= CERTIFIED_MIN_ROWS:
+            self.certified = CertifiedExactSearch(data, settings.nlist, settings.nprobe, seed)
+            return
         if search == "exact":
             self.index = faiss.IndexFlatL2(d)
         elif search == "hnsw":
@@ -243,7 +247,10 @@ class NearestNeighbourIndex:
         """L2 distance from each query row to its nearest bank row (and the row index)."""
         if queries.ndim != 2 or queries.shape[1] != self.bank.shape[1]:
             raise ValueError(f"expected N×{self.bank.shape[1]} queries, got {tuple(queries.shape)}")
-        if self.index is None:
+        if self.certified is not None:
+            q = (queries.detach().to("cpu", torch.float32) - self._mean_cpu).contiguous()
+            index = torch.from_numpy(self.certified.search(q.numpy())).to(self.bank.device)
+        elif self.index is None:
             centred = queries.to(self.bank.dtype) - self.mean
             _, index = nearest_distances(centred, self.centred, chunk_size=self.settings.chunk_size, return_index=True,
                                          center=False)
@@ -259,3 +266,135 @@ class NearestNeighbourIndex:
             index = index.to(self.bank.device)
         distances = (queries.to(self.bank.dtype) - self.bank[index]).norm(dim=1)
         return (distances, index) if return_index else distances
+
+
+# --- exact search with certified inverted-file answers ---------------------------------------------
+CERTIFIED_MIN_ROWS = 1 << 16  # smaller banks are searched flat (fast enough; the k-means would not pay)
+RERANK = 8  # candidates per query re-ranked in float64
+
+
+class CertifiedExactSearch:
+    """Exact 1-NN that scans only a few k-means cells for most queries, and proves each such answer nearest.
+
+    An inverted file (faiss IndexIVFFlat, `nlist` cells, `nprobe` probed per query) proposes a neighbour b
+    at distance r. A bank row x stored in an unprobed cell j cannot be nearer than r if the query q is
+    farther than r from the region where cell j's rows can lie: with c the query's nearest centroid,
+    every x of cell j satisfies ||x − c_j||² ≤ ||x − c||² + s_j (s_j: the cell's assignment slack, how much
+    nearer to some other centroid any of its rows is than to c_j, measured in float64: 0 for an exact
+    assignment, float32 rounding otherwise), a half-space whose distance from q is
+    (||q − c_j||² − ||q − c||² − s_j) / (2 ||c_j − c||). If r is below that for every unprobed cell, b is
+    the nearest row; every other query is searched over the whole bank (faiss IndexFlatL2). So the answer
+    is always the exact nearest neighbour (tested against float64 brute force), and `certified_share`
+    says how many queries skipped the full scan (docs/performance.md: bottle's K = 32 bank).
+    """
+
+    def __init__(self, data: "np.ndarray", nlist: int, nprobe: int, seed: int = 0) -> None:
+        import faiss
+
+        n, d = data.shape
+        nlist = max(1, min(nlist, n // 64))
+        self.quantizer = faiss.IndexFlatL2(d)
+        self.ivf = faiss.IndexIVFFlat(self.quantizer, d, nlist, faiss.METRIC_L2)
+        self.ivf.cp.seed = seed
+        train = data
+        if n > 256 * nlist:  # faiss's own cap, drawn reproducibly here
+            rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: 256 * nlist]
+            train = data[rows.sort().values.numpy()]
+        self.ivf.train(train)
+        self.ivf.add(data)
+        self.nprobe = min(nprobe, nlist)
+        self.flat = faiss.IndexFlatL2(d)
+        self.flat.add(data)
+        self.data = torch.from_numpy(data)
+        self.centroids = torch.from_numpy(self.quantizer.reconstruct_n(0, nlist)).double()
+        self.centroid_gaps = torch.cdist(self.centroids, self.centroids)  # ||c_i − c_j||
+        self.slack = self._assignment_slack(torch.from_numpy(data), self._cells(n))
+        self.queries = self.proven = 0  # over every search: `certified_share`
+
+    def _cells(self, n: int) -> torch.Tensor:
+        """The cell each bank row was stored in, read from the inverted lists themselves."""
+        import faiss
+
+        cells = torch.full((n,), -1, dtype=torch.long)
+        lists = self.ivf.invlists
+        for j in range(self.ivf.nlist):
+            size = lists.list_size(j)
+            if size:
+                ids = faiss.rev_swig_ptr(lists.get_ids(j), size).copy()
+                cells[torch.from_numpy(ids).long()] = j
+        return cells
+
+    def _sq_distances(self, rows: torch.Tensor) -> torch.Tensor:
+        """Squared float64 distances of `rows` to every centroid."""
+        rows = rows.double()
+        return ((rows * rows).sum(1, keepdim=True) - 2 * rows @ self.centroids.T
+                + (self.centroids * self.centroids).sum(1)).clamp_min_(0)
+
+    def _assignment_slack(self, data: torch.Tensor, cells: torch.Tensor, block: int = 8192) -> torch.Tensor:
+        slack = torch.zeros(len(self.centroids), dtype=torch.float64)
+        for start in range(0, len(data), block):
+            d2 = self._sq_distances(data[start:start + block])
+            own = cells[start:start + block]
+            excess = d2.gather(1, own[:, None])[:, 0] - d2.min(1).values
+            slack.scatter_reduce_(0, own, excess, reduce="amax")
+        return slack
+
+    def search(self, queries: "np.ndarray") -> "np.ndarray":
+        """The index of each query's nearest bank row (queries: N×D float32, centred as the bank).
+
+        Probes `nprobe` cells, then 8 × `nprobe` for the queries not yet proven, then scans the whole bank for
+        the rest; each pass keeps its `RERANK` nearest candidates and picks among them in float64, so float32
+        rounding in faiss's distances never picks a farther row."""
+        import numpy as np
+
+        found = np.full(len(queries), -1, dtype=np.int64)
+        todo = np.arange(len(queries))
+        for nprobe in (self.nprobe, min(8 * self.nprobe, self.ivf.nlist)):
+            if not len(todo):
+                break
+            subset = np.ascontiguousarray(queries[todo])
+            probe_d2, probe = self.quantizer.search(subset, nprobe)
+            self.ivf.nprobe = nprobe
+            _, candidates = self.ivf.search_preassigned(subset, RERANK, probe, probe_d2)
+            found[todo], proven = self._prove(subset, candidates, probe)
+            todo = todo[~proven]
+        if len(todo):
+            subset = np.ascontiguousarray(queries[todo])
+            _, candidates = self.flat.search(subset, RERANK)
+            found[todo] = self._closest(torch.from_numpy(subset).double(), torch.from_numpy(candidates))[0]
+        self.queries += len(queries)
+        self.proven += len(queries) - len(todo)
+        return found
+
+    @property
+    def certified_share(self) -> float | None:
+        """Share of the queries searched so far whose answer was proven without scanning the whole bank."""
+        return self.proven / self.queries if self.queries else None
+
+    def _closest(self, rows: torch.Tensor, candidates: torch.Tensor) -> tuple["np.ndarray", torch.Tensor]:
+        """Per row, the candidate (−1 = none) nearest in float64, and its distance (inf when none)."""
+        valid = candidates >= 0
+        vectors = self.data[candidates.clamp_min(0)].double()
+        distances = (vectors - rows[:, None]).norm(dim=2).masked_fill(~valid, float("inf"))
+        best, which = distances.min(dim=1)
+        chosen = candidates.gather(1, which[:, None])[:, 0]
+        return chosen.numpy(), best
+
+    def _prove(self, queries: "np.ndarray", candidates: "np.ndarray", probe: "np.ndarray", block: int = 4096
+               ) -> tuple["np.ndarray", "np.ndarray"]:
+        """The best candidate of each query, and whether no row of an unprobed cell can be nearer."""
+        import numpy as np
+
+        chosen = np.empty(len(queries), dtype=np.int64)
+        proven = np.zeros(len(queries), dtype=bool)
+        for start in range(0, len(queries), block):
+            rows = torch.from_numpy(queries[start:start + block]).double()
+            chosen[start:start + block], radius = self._closest(rows, torch.from_numpy(candidates[start:start + block]))
+            d2 = self._sq_distances(rows)
+            probed = torch.from_numpy(probe[start:start + block]).long()
+            nearest = probed[:, 0]
+            bound = (d2 - d2.gather(1, nearest[:, None]) - self.slack) / (2 * self.centroid_gaps[nearest])
+            bound.scatter_(1, probed, float("inf"))
+            tolerance = 1e-9 * (rows.norm(dim=1) + self.centroids.norm(dim=1).max())  # float64 rounding of the bound
+            proven[start:start + block] = (radius + tolerance < bound.min(1).values).numpy()
+        return chosen, proven

@@ -40,6 +40,7 @@ N_CONVS = 8  # convs of the authors' EncoderDeep (our EncoderSmall)
 # product of the maps are fixed in PatchSVDDModel (16, 4, M64 ⊙ M32); exact search stands for their 1-NN.
 PAPER_EVALUATION: dict[str, Any] = {
     "input.image_size": 256,
+    "input.interpolation": "nearest",
     "module.embedding_dim": 64,
     "module.bank_subsample": None,
     "module.nn_search": ("exact", "torch"),

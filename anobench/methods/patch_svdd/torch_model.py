@@ -320,6 +320,10 @@ class PatchSVDDModel(nn.Module):
             self._indexes[name] = index
         return index
 
+    def nn_indexes(self) -> dict[str, NearestNeighbourIndex]:
+        """The search indexes built so far, by bank name."""
+        return dict(self._indexes)
+
     # --- inference ---------------------------------------------------------------------------
     @_float32
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
