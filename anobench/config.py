@@ -108,7 +108,7 @@ def is_smoke(cfg) -> bool:  # noqa: ANN001 - a run's DictConfig
 
 
 # Keys of conf/trainer/*.yaml that are anobench's, not lightning.Trainer arguments.
-TRAINER_OWN_KEYS = ("name", "smoke")
+TRAINER_OWN_KEYS = ("name", "smoke", "data_workers")  # data_workers: the data configs' num_workers (gpu.yaml)
 
 
 def default_results_dir() -> Path:

@@ -19,3 +19,7 @@ class WeightsNotFoundError(AnobenchError):
 
 class DataWarning(UserWarning):
     """A dataset oddity that does not stop a run (e.g. a mask with no image)."""
+
+
+class LockWarning(UserWarning):
+    """A file lock is not supported where the results live (Lustre/NFS without flock): going on without it."""

@@ -9,10 +9,11 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from anobench.errors import AnobenchError
+from anobench.errors import AnobenchError, LockWarning
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -68,11 +69,31 @@ def folder_lock(folder: str | Path, name: str = ".lock", exclusive: bool = True,
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / name, "a+") as handle:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        locked = True
         try:
             fcntl.flock(handle.fileno(), mode | (fcntl.LOCK_NB if busy_message is not None else 0))
         except BlockingIOError:
             raise AnobenchError(busy_message) from None
+        except OSError as error:  # Lustre/NFS mounted without flock support: ENOLCK, EOPNOTSUPP, ...
+            _warn_unlocked(folder / name, error)
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+_UNLOCKED: set[Path] = set()
+
+
+def _warn_unlocked(path: Path, error: OSError) -> None:
+    """Go on without the lock, saying so once per lock file: every write is atomic anyway, so what is lost is
+    the exclusion (a duplicated computation, a leaderboard rebuilt twice), never a file's integrity."""
+    if path in _UNLOCKED:
+        return
+    _UNLOCKED.add(path)
+    warnings.warn(f"{path}: this file system does not support file locks ({error.strerror or error}); going on "
+                  f"without the lock. Do not run two anobench commands on the same results folder or teacher "
+                  f"cache at once, or put them on a file system with flock (local disk, or Lustre/NFS mounted "
+                  f"with flock support)", LockWarning, stacklevel=4)

@@ -31,11 +31,14 @@ TINY_SUITE = ["suite=method", "method=patch_svdd", "experiment=null", "seeds=[0,
 
 
 def _results(suite_dir: Path) -> dict[Path, dict]:
-    return {p: json.loads(p.read_text()) for p in sorted((suite_dir / "runs").glob("**/result.json"))}
+    """The finished runs' records (a run records status `running` from its start until it ends)."""
+    records = {p: json.loads(p.read_text()) for p in sorted((suite_dir / "runs").glob("**/result.json"))}
+    return {p: r for p, r in records.items() if r["status"] != "running"}
 
 
 def _unfinished(suite_dir: Path) -> list[Path]:
-    return [d for d in (suite_dir / "runs").glob("*/*/*/seed*/*") if not (d / "result.json").exists()]
+    return [d for d in (suite_dir / "runs").glob("*/*/*/seed*/*")
+            if not (d / "result.json").exists() or json.loads((d / "result.json").read_text())["status"] == "running"]
 
 
 def _bench_env(tmp_path: Path) -> dict[str, str]:

@@ -415,9 +415,16 @@ class AnomalyDataModule(L.LightningDataModule):
             batch_size=batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self._on_cuda(),  # page-locked batches: faster, asynchronous host-to-GPU copies
             drop_last=False,
             **kwargs,
         )
+
+    def _on_cuda(self) -> bool:
+        """Whether the attached trainer runs on a CUDA device (pinning host memory helps only then)."""
+        trainer = getattr(self, "trainer", None)
+        root = getattr(getattr(trainer, "strategy", None), "root_device", None)
+        return getattr(root, "type", None) == "cuda"
 
     # --- loaders -----------------------------------------------------------------------------
     def exclude_from_training(self, indices: Iterable[int]) -> None:

@@ -21,6 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anobench.data.datamodule import AnomalyDataModule
+from anobench.compat import check_lightning_version
+
+check_lightning_version()  # an older Lightning would fail mid-training (anobench/compat.py)
 
 
 class AnomalyOutput(NamedTuple):
@@ -109,6 +112,9 @@ class AnomalyModule(L.LightningModule):
     """Lightning wrapper shared by all methods: owns the test loop; `PredictionCollector` gathers its outputs."""
 
     method_name: str = "base"  # set by @register_method
+    # "training": the test step runs in trainer.precision (Lightning's autocast wraps it); "float32": the model
+    # turns autocast and TF32 off itself (Patch SVDD). docs/performance.md#precision; tests/test_precision.py
+    inference_precision: str = "training"
 
     def __init__(self, optimizer: OptimizerFactory | None = None) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import yaml
 
 from anobench.errors import AnobenchError
-from anobench.results.record import ALL_METRIC_KEYS, METRIC_KEYS, RESULT_FILE, read_result
+from anobench.results.record import ALL_METRIC_KEYS, METRIC_KEYS, RESULT_FILE, RUNNING, read_result
 
 METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO",
                  "image_ap": "image AP", "pixel_ap": "pixel AP", "image_f1_max": "image F1-max",
@@ -209,6 +209,8 @@ def build_leaderboard(results: list[dict[str, Any]], paper: dict[str, Any] | Non
     methods = sorted({method_label(r) for r in runs})
     cells: dict[tuple[str, str], dict[tuple[str, str], Cell]] = defaultdict(lambda: defaultdict(Cell))
     for run in runs:
+        if run["status"] == RUNNING:  # no result yet (or killed before it recorded one): neither a value nor a failure
+            continue
         row_cells = cells[(run["dataset"], run["category"])]
         for metric in metric_keys:
             cell = row_cells[(method_label(run), metric)]

@@ -18,6 +18,9 @@ from anobench.io import atomic_write_json
 
 RESULT_FILE = "result.json"
 SCHEMA_VERSION = 1
+# A run's status while it runs: written when it starts, replaced by "ok" or "failed" when it ends, so a run that
+# is killed (or whose DDP rank 0 is killed) still leaves a record; it never counts as done (anobench.tasks.plan).
+RUNNING = "running"
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pro")  # MVTec's protocol: the leaderboard's tables by default
 # What later papers report beside them: in result.json, on the leaderboard on request (`--metrics`)
 EXTRA_METRIC_KEYS = ("image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max")
@@ -82,11 +85,37 @@ def device_info(accelerator: str | None = None) -> dict[str, Any]:
     return info
 
 
-def peak_memory() -> dict[str, float | None]:
-    """Peak resident memory of this process (MiB) and peak CUDA memory where CUDA was used."""
+def reset_peak_memory() -> None:
+    """Start a job's peaks afresh: the jobs of an in-process sweep or suite share one process, and each
+    record must report its own job's peak, not the running maximum of the jobs before it."""
     import torch
 
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
+    try:  # Linux: resets VmHWM (ru_maxrss cannot be reset, hence peak_memory reads VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM where /proc has it (reset by reset_peak_memory), else ru_maxrss (the whole process's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def peak_memory() -> dict[str, float | None]:
+    """Peak resident memory of this process (MiB) and peak CUDA memory where CUDA was used, since the job
+    started (reset_peak_memory)."""
+    import torch
+
+    rss_mb = _peak_rss_mb()
     gpu_mb = None
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         gpu_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -106,6 +135,24 @@ def write_result(run_dir: str | Path, record: dict[str, Any]) -> Path:
     path = Path(run_dir) / RESULT_FILE
     atomic_write_json(path, {"schema_version": SCHEMA_VERSION, **record})
     return path
+
+
+def settle_result(run_dir: str | Path, error: dict[str, str], fallback: dict[str, Any]) -> dict[str, Any]:
+    """The run's final record: its result.json when the run finished it (ok or failed); otherwise (none, unreadable
+    or still `running`: the run was killed or lost) a failed one written now, with `error` (a `failure_info`),
+    keeping what the `running` record knew and `fallback`'s entries for what it did not."""
+    path = Path(run_dir) / RESULT_FILE
+    started: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            started = read_result(path)
+        except ValueError:
+            started = {}
+        if started.get("status") not in (None, RUNNING):
+            return started
+    record = {**fallback, **started, "status": "failed", "error": error, "finished_at": now_iso()}
+    write_result(run_dir, record)
+    return record
 
 
 def read_result(path: str | Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import math
 from typing import Any, Callable, Iterable
 
 from anobench.results.leaderboard import METRIC_TITLES, AnyCell, Leaderboard, MeanCell, method_label
+from anobench.results.record import RUNNING
 
 PAPER_BUDGET = "paper"
 # `anobench eval ... weights.released=<file>`: the authors' own trained weights evaluated by anobench at the
@@ -187,7 +188,8 @@ def to_markdown(board: Leaderboard, source: str) -> str:
     for run in board.runs:
         budget = run.get("budget", {})
         device = run.get("device", {})
-        status = run["status"] if run["status"] == "ok" else f"failed: {(run.get('error') or {}).get('type', '?')}"
+        status = run["status"] if run["status"] in ("ok", RUNNING) else \
+            f"failed: {(run.get('error') or {}).get('type', '?')}"
         lines.append(
             f"| {method_label(run)} | {run['dataset']} | {run['category']} | {run['seed']} | {status} | "
             f"{budget.get('label', '?')} | {budget.get('global_step', '')} | {device.get('gpu') or device.get('cpu', '')} | "

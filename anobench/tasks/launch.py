@@ -5,6 +5,7 @@ hands the pending jobs to Hydra's launcher, exactly as `-m` would:
 
     (no launcher given)                  hydra's basic launcher: one job after another, in this process
     n_jobs=N                             shorthand for hydra/launcher=joblib hydra.launcher.n_jobs=N
+                                         (several GPUs: each worker its own, anobench.tasks.devices)
     hydra/launcher=joblib                local processes (hydra-joblib-launcher)
     hydra/launcher=submitit_local        submitit's local executor (one subprocess per job)
     hydra/launcher=submitit_slurm        a SLURM job array per resource class (hydra-submitit-launcher,
@@ -22,19 +23,21 @@ resources and each group is submitted as its own array, all groups at once.
 from __future__ import annotations
 
 import contextlib
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from anobench.config import config_dir, dataset_label
-from anobench.errors import AnobenchError
+from anobench.errors import AnobenchError, ConfigError
 from anobench.io import folder_lock
-from anobench.results.record import RESULT_FILE, failure_info, now_iso, read_result, write_result
-from anobench.tasks import ddp
+from anobench.results.record import failure_info, now_iso, settle_result
+from anobench.tasks import ddp, devices
+from anobench.tasks.ddp import quote
 from anobench.tasks.plan import WORKERS_LOCK, PlannedJob
-from anobench.tasks.train import train
+from anobench.tasks.train import train, train_in_own_process
 
 # Submitit parameters a method's `resources` block may set (names as in hydra-submitit-launcher).
 RESOURCE_KEYS = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb")
@@ -58,12 +61,6 @@ def launcher_overrides(args: Sequence[str], n_jobs: int) -> list[str]:
     return overrides
 
 
-def quote(value: Any) -> str:
-    """A value as a Hydra override literal (paths may hold characters the override grammar reserves)."""
-    text = str(value)
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def failed_record(cfg: DictConfig | None, error: BaseException, fallback: dict[str, Any]) -> dict[str, Any]:
     record = dict(fallback)
     if cfg is not None:
@@ -77,12 +74,11 @@ def suite_job_task(cfg: DictConfig) -> dict[str, Any]:
     """What every launched suite job runs: the train task; never raises (a failure is a failed result)."""
     from hydra.core.hydra_config import HydraConfig
 
+    # A DDP job whose ranks Lightning starts runs as its own process (anobench.tasks.train.train_in_own_process):
+    # its ranks re-run exactly its command, and a failing rank takes that process down, never the suite.
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     suite_dir = Path(str(cfg.paths.results_dir))
-    with contextlib.ExitStack() as stack:
-        if ddp.ranks_started_by_lightning(cfg.trainer):
-            stack.enter_context(ddp.job_argv("train", list(HydraConfig.get().overrides.task)))
-        return _run_suite_job(cfg, run_dir, suite_dir)
+    return _run_suite_job(cfg, run_dir, suite_dir)
 
 
 def _run_suite_job(cfg: DictConfig, run_dir: Path, suite_dir: Path) -> dict[str, Any]:
@@ -90,14 +86,10 @@ def _run_suite_job(cfg: DictConfig, run_dir: Path, suite_dir: Path) -> dict[str,
     # under it) while workers of a killed `anobench bench` are still finishing their job.
     with folder_lock(suite_dir, WORKERS_LOCK, exclusive=False, busy_message="suite workers lock busy"):
         try:
-            record = train(cfg)
+            record = train_in_own_process(cfg) if ddp.ranks_started_by_lightning(cfg.trainer) else train(cfg)
         except Exception as error:  # noqa: BLE001 - recorded, and the suite goes on
-            path = run_dir / RESULT_FILE
-            if path.is_file():  # the train task recorded the failure itself
-                record = read_result(path)
-            else:
-                record = failed_record(cfg, error, {})
-                write_result(run_dir, record)
+            # the train task's own failed record if it wrote one, else this failure (over its `running` record)
+            record = settle_result(run_dir, failure_info(error), failed_record(cfg, error, {}))
     if record.get("status") != "worker":  # progress as jobs finish (the suite's summary comes at the end)
         print(f"finished: {cfg.method.name} {dataset_label(cfg.data)}/{cfg.data.category} seed {cfg.seed}: "
               f"{record.get('status')} ({run_dir})", flush=True)
@@ -126,6 +118,49 @@ def resource_groups(todo: Sequence[PlannedJob], overrides: Sequence[str] = ()) -
     for index, item in enumerate(todo):
         groups.setdefault(_resource_overrides(item, user_keys), []).append(index)
     return groups
+
+
+def worker_task(target: str, n_jobs: Any) -> Callable[[DictConfig], dict[str, Any]]:
+    """What each job runs: suite_job_task, bound to its worker's own GPU where joblib runs several workers on
+    a node with several GPUs (anobench.tasks.devices; otherwise every worker would train on cuda:0)."""
+    if target.endswith("JoblibLauncher"):
+        slots = devices.worker_gpu_slots(devices.joblib_workers(n_jobs))
+        if slots:
+            return functools.partial(gpu_worker_task, slots=slots)
+    return suite_job_task
+
+
+def gpu_worker_task(cfg: DictConfig, slots: tuple[str, ...]) -> dict[str, Any]:
+    """suite_job_task in a local worker that trains on its own GPU (devices.claim_worker_gpu)."""
+    if str(cfg.trainer.get("accelerator") or "auto") != "cpu":
+        devices.claim_worker_gpu(slots)
+    return suite_job_task(cfg)
+
+
+def check_slurm_tasks(config: DictConfig, items: Sequence[PlannedJob]) -> None:
+    """Under SLURM srun starts one task per device and node (ddp.check_slurm_tasks): check a DDP job's devices
+    against the tasks per node before submitting or starting anything, not as a failure of every job."""
+    target = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
+    if target.endswith("SlurmLauncher"):
+        tasks = int(OmegaConf.select(config, "hydra.launcher.tasks_per_node") or 1)
+        gpus = OmegaConf.select(config, "hydra.launcher.gpus_per_node")
+        where = f"hydra.launcher.tasks_per_node={tasks}"
+    elif ddp.slurm_starts_ranks():  # this command is itself a task of a SLURM job (sbatch/srun, not interactive)
+        import torch
+
+        tasks, gpus = ddp.slurm_tasks_per_node(), torch.cuda.device_count() or None
+        where = f"this SLURM job's --ntasks-per-node={tasks}"
+    else:
+        return
+    for item in (i for i in items if i.distributed and tasks is not None):
+        devices = int(item.devices) if item.devices.isdigit() else \
+            (int(gpus) if gpus and item.devices in ("auto", "-1") else None)
+        if devices is not None and devices != tasks:
+            raise ConfigError(
+                f"anobench bench: {item.job.label} uses trainer=ddp with trainer.devices={item.devices} ({devices} "
+                f"device(s) per node), but {where}: under SLURM each rank is a task srun starts, one per device. "
+                f"Set hydra.launcher.tasks_per_node={devices} (and hydra.launcher.gpus_per_node={devices}), or "
+                f"trainer.devices={tasks}")
 
 
 def launch(todo: Sequence[PlannedJob], suite_dir: Path, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -159,14 +194,16 @@ def launch(todo: Sequence[PlannedJob], suite_dir: Path, overrides: Sequence[str]
                 f"anobench bench: {distributed[0]} uses trainer=ddp, whose extra processes Lightning starts by "
                 f"re-running the command; that works with the default launcher (one job at a time) or with "
                 f"hydra/launcher=submitit_slurm (hydra.launcher.tasks_per_node=<devices>), not with {target}")
+        task = worker_task(target, OmegaConf.select(master, "hydra.launcher.n_jobs"))
         config_loader = GlobalHydra.instance().hydra.config_loader  # type: ignore[union-attr]
         launchers = {}
         for resources in groups:  # composed here, in this thread: Hydra's global state is not thread-safe
             config = compose(config_name="train", overrides=[*base, *resources], return_hydra_config=True) \
                 if resources else master
+            check_slurm_tasks(config, [todo[i] for i in groups[resources]])
             launchers[resources] = Plugins.instance().instantiate_launcher(
                 hydra_context=HydraContext(config_loader=config_loader, callbacks=Callbacks(config)),
-                task_function=suite_job_task, config=config)
+                task_function=task, config=config)
 
         def run_group(resources: tuple[str, ...]) -> list[Any]:
             indices = groups[resources]
@@ -186,21 +223,17 @@ def launch(todo: Sequence[PlannedJob], suite_dir: Path, overrides: Sequence[str]
 
 
 def _record_of(item: PlannedJob, suite_dir: Path, outcome: Any) -> dict[str, Any]:
-    """The job's result.json; if the job left none (killed, never started), a failed one saying why."""
+    """The job's result.json; if the job left none or an unfinished (`running`) one (killed, never started),
+    a failed one saying why."""
     from hydra.core.utils import JobStatus
 
-    path = item.run_dir / RESULT_FILE
-    if path.is_file():
-        with contextlib.suppress(ValueError):
-            return read_result(path)
     if isinstance(outcome, BaseException):
         error: BaseException = outcome
     elif outcome is not None and getattr(outcome, "status", None) == JobStatus.FAILED:
         error = outcome._return_value  # noqa: SLF001 - the exception the task raised
     else:
-        error = RuntimeError("the launcher returned without the job writing result.json")
-    record = failed_record(None, error, {"method": item.job.method, "dataset": item.dataset,
-                                         "category": item.category, "seed": item.job.seed,
-                                         "suite_job": item.job.train_overrides(suite_dir)})
-    write_result(item.run_dir, record)
-    return record
+        error = RuntimeError("the launcher returned without the job finishing its result.json")
+    fallback = failed_record(None, error, {"method": item.job.method, "dataset": item.dataset,
+                                           "category": item.category, "seed": item.job.seed,
+                                           "suite_job": item.job.train_overrides(suite_dir)})
+    return settle_result(item.run_dir, failure_info(error), fallback)  # the job's own record when it finished it

@@ -75,6 +75,7 @@ class PlannedJob:
     done: bool = False
     resources: dict[str, Any] = field(default_factory=dict)  # method.resources: what a scheduler should grant
     distributed: bool = False  # trainer=ddp
+    devices: str = "1"  # trainer.devices as configured (e.g. "auto"): a SLURM launch starts one task per device
 
 
 # --------------------------------------------------------------------------------------------- suites
@@ -145,7 +146,8 @@ def plan_job(job: Job, suite_dir: Path) -> PlannedJob:
     run_dir = suite_dir / "runs" / job.method / dataset / category / f"seed{job.seed}" / digest
     resources = OmegaConf.to_container(cfg.method.resources, resolve=True) if "resources" in cfg.method else {}
     return PlannedJob(job=job, run_dir=run_dir, config_hash=digest, dataset=dataset, category=category,
-                      resources=dict(resources or {}), distributed=uses_ddp(cfg.trainer))
+                      resources=dict(resources or {}), distributed=uses_ddp(cfg.trainer),
+                      devices=str(cfg.trainer.get("devices", "auto")))
 
 
 def is_complete(run_dir: Path, digest: str) -> bool:

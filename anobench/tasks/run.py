@@ -30,13 +30,14 @@ from anobench.data.mvtec import image_size
 from anobench.errors import ConfigError
 from anobench.methods.base import AnomalyModule, PredictionCollector, TestPredictions
 from anobench.metrics.evaluate import CategoryEvaluation, evaluate_category
+from anobench.precision import float32_settings
 from anobench.protocol import EVALUATION_RESOLUTIONS
 from anobench.quiet import quiet_third_party
 from anobench.results.export import MAPS_DIR, export_maps
 from anobench.results.identity import config_hash
 from anobench.results.portable import portable_command, portable_config, portable_path
 from anobench.results.record import (
-    device_info, failure_info, git_sha, library_versions, now_iso, peak_memory, write_result,
+    device_info, failure_info, git_sha, library_versions, now_iso, peak_memory, reset_peak_memory, write_result,
 )
 from anobench.tasks import ddp
 from anobench.tasks.thresholds import (
@@ -128,10 +129,15 @@ class StepCheckpoints(L.Callback):
         self.steps = sorted({int(s) for s in steps})
         if any(s < 1 for s in self.steps):
             raise ConfigError(f"checkpoint_steps: expected positive step counts, got {list(steps)}")
+        # Steps saved by this fit, in memory: the save is collective under DDP, so every rank must decide alike;
+        # a filesystem check would let a slower rank see rank 0's file, skip the save and its barrier, and hang.
+        # (global_step stays put over the batches of one step under gradient accumulation or manual optimisation.)
+        self.saved: set[int] = set()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
-        if step in self.steps and not (self.directory / f"step{step}.ckpt").exists():
+        if step in self.steps and step not in self.saved:
+            self.saved.add(step)
             trainer.save_checkpoint(self.directory / f"step{step}.ckpt", weights_only=False)
 
 
@@ -143,6 +149,7 @@ def fit_callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
 
 def fit(run: BuiltRun, run_dir: Path) -> tuple[L.Trainer, float]:
     """Fit the method (every DDP rank runs this); returns the trainer and the seconds it took."""
+    ddp.check_slurm_tasks(run.cfg.trainer)
     trainer = build_trainer(run.cfg.trainer, run_dir, callbacks=fit_callbacks(run.cfg, run_dir))
     start = time.perf_counter()
     trainer.fit(run.module, datamodule=run.datamodule)
@@ -172,6 +179,7 @@ def fit_as_worker(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer, _ = fit(run, run_dir)
     if cfg.get("save_checkpoint", True):
         save_checkpoint(trainer, run_dir)
+    ddp.leave_process_group()  # with rank 0, which then tests alone; this process is done
     return {"status": "worker", "rank": trainer.global_rank}
 
 
@@ -276,15 +284,30 @@ def start_record(cfg: DictConfig, task: str) -> dict[str, Any]:
         "git_sha": git_sha(),
         "versions": library_versions(),
         "device": device_info(cfg.trainer.get("accelerator")),
+        "float32_precision": float32_settings(),  # TF32 switches (anobench/precision.py)
         "command": portable_command(os.environ.get(COMMAND_ENV), cfg),
         "budget": budget_of(cfg, None),
     }
 
 
 def budget_of(cfg: DictConfig, trainer: L.Trainer | None) -> dict[str, Any]:
-    """What the run was trained with; "smoke" and "reduced" results are never a paper reproduction."""
+    """What the run was trained with; "smoke" and "reduced" results are never a paper reproduction.
+
+    The papers' batch is method.input.batch_size in one process. DDP (and gradient accumulation) multiply it:
+    each optimiser step sees world_size × accumulate × batch_size images, and an epoch-based budget then makes
+    world_size times fewer steps. Such a run records its global batch and steps, and is not labelled "paper".
+    """
+    label = "smoke" if is_smoke(cfg) else str(cfg.get("budget_label", "reduced"))
+    batch = cfg.method.input.get("batch_size")
+    world_size = None if trainer is None else trainer.world_size
+    accumulate = int((trainer.accumulate_grad_batches if trainer is not None else None)
+                     or cfg.trainer.get("accumulate_grad_batches") or 1)
+    global_batch = None if world_size is None or batch is None else int(batch) * world_size * accumulate
+    if world_size is not None and world_size * accumulate > 1 and label not in ("smoke", "reduced"):
+        label = f"{label} with global batch {global_batch} (not {batch})" if global_batch else \
+            f"{label} with {world_size * accumulate} batches per step"
     return {
-        "label": "smoke" if is_smoke(cfg) else cfg.get("budget_label", "reduced"),
+        "label": label,
         "experiment": cfg.get("experiment_name"),
         "trainer": cfg.trainer.get("name"),
         "max_epochs": cfg.trainer.get("max_epochs"),
@@ -292,8 +315,10 @@ def budget_of(cfg: DictConfig, trainer: L.Trainer | None) -> dict[str, Any]:
         "global_step": None if trainer is None else trainer.global_step,
         "epochs_done": None if trainer is None else trainer.current_epoch,
         "train_repeats": cfg.method.input.get("train_repeats"),
-        "batch_size": cfg.method.input.get("batch_size"),  # per process
-        "world_size": None if trainer is None else trainer.world_size,  # processes that trained (DDP)
+        "batch_size": batch,  # per process
+        "world_size": world_size,  # processes that trained (DDP)
+        "accumulate_grad_batches": accumulate,
+        "global_batch_size": global_batch,  # images per optimiser step, all processes together
     }
 
 
@@ -357,8 +382,10 @@ def execute(cfg: DictConfig, run_dir: Path, task: str, *, checkpoint: Path | Non
     becomes a failed result.json and is re-raised when `reraise` (a single run: non-zero exit) or only
     printed (a job of a sweep, so the other jobs still run).
     """
+    reset_peak_memory()  # this job's peaks, not those of the jobs before it in this process
     save_config(cfg, run_dir)
     record = {**start_record(cfg, task), **(record or {})}
+    write_result(run_dir, record)  # status "running" until the run ends: a killed run still leaves its record
     timings: dict[str, float] = {}
     failure: Exception | None = None
     try:
@@ -369,6 +396,7 @@ def execute(cfg: DictConfig, run_dir: Path, task: str, *, checkpoint: Path | Non
             if cfg.get("save_checkpoint", True):
                 # relative to the run folder (beside result.json): valid wherever the folder is moved or copied
                 record["checkpoint"] = save_checkpoint(trainer, run_dir).relative_to(run_dir).as_posix()
+            ddp.leave_process_group()  # with the other ranks, after the last collective: testing is one process
             tester = testing_trainer(cfg, run_dir, fitted=trainer)
         else:
             step = load(run.module, checkpoint)

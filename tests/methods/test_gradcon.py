@@ -27,7 +27,7 @@ def _trained_model(seed: int = 0, steps: int = 3, size: int = 32) -> GradConMode
         out = module.compute_losses(torch.rand(4, 3, size, size))
         opt.zero_grad()
         out["loss"].backward()
-        module.on_after_backward()
+        module.on_before_optimizer_step(opt)
         opt.step()
     module.zero_grad(set_to_none=True)
     return module.model.eval()

@@ -51,7 +51,8 @@ def test_every_method_has_a_paper_experiment():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_paper_experiment_starts_and_runs_two_steps(name, tmp_path):
     cfg = _compose(name, tmp_path)
-    assert cfg.experiment_name == name and cfg.trainer.max_steps == 2 and cfg.budget_label == "paper"
+    assert cfg.experiment_name == name and cfg.trainer.max_steps == 2
+    assert cfg.budget_label in ("paper", "full")  # nbs_paper: "full" (its paper reports no MVTec AD number)
     built = run.build(cfg)
     record = FitRecord()
     trainer = run.build_trainer(cfg.trainer, tmp_path / "run", logger=False, enable_progress_bar=False,

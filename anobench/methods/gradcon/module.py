@@ -5,9 +5,10 @@ Training step (official ae_grad_reg.train):
     L = MSE(x̂, x) + β · L_grad,   L_grad = −mean_l cos(∂MSE/∂W_l, ref_l)   (β = 0.03)
 
 with ∂MSE/∂W_l taken with create_graph (so L_grad is differentiated through the gradient) and
-L_grad = 0 while no reference exists (the first step). After every backward the reference of each
+L_grad = 0 while no reference exists (the first step: the cosine with a zero reference is 0). After every
+backward — once a 16-mixed grad scaler has unscaled it, before the optimiser step — the reference of each
 decoder layer absorbs that step's `W_l.grad` — the gradient of the *total* loss, as in the official
-code — into its running mean (`GradConModel.update_reference`).
+code — into its running mean (`GradConModel.update_reference`; a non-finite step is skipped).
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ class GradCon(AnomalyModule):
     def compute_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """All loss terms for one batch of [0, 1] images (B×3×H×W); 'loss' is the total."""
         recon_loss = F.mse_loss(self.model.reconstruct(images), images)
-        if self.model.has_reference and self.grad_loss_weight != 0:
+        if self.grad_loss_weight != 0:
+            # no `has_reference` test here (a host sync every step): before the first update the references
+            # are zero, and the cosine with a zero reference is 0 with a zero gradient (gradient_cosine)
             grads = torch.autograd.grad(recon_loss, self.model.constrained_weights(), create_graph=True)
             grad_loss = -self.model.gradient_cosines(grads).mean()
-        else:  # first step: no history of training gradients yet
+        else:
             grad_loss = recon_loss.new_zeros(())
         return {
             "loss": recon_loss + self.grad_loss_weight * grad_loss,
@@ -56,8 +59,12 @@ class GradCon(AnomalyModule):
         }
 
 
-    def on_after_backward(self) -> None:
-        """Fold this step's decoder-weight gradients into the reference (official: after backward, before step)."""
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Fold this step's decoder-weight gradients into the reference (official: after backward, before step).
+
+        Here, not in on_after_backward: under 16-mixed Lightning unscales the gradients just before this hook,
+        so the reference averages true gradients, and `update_reference` skips the overflow steps the scaler
+        skips (one inf folded in would poison the running mean for good)."""
         grads = [w.grad for w in self.model.constrained_weights()]
         if any(g is None for g in grads):
             raise RuntimeError("GradCon: a decoder weight has no gradient after backward")

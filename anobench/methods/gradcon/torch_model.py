@@ -90,15 +90,19 @@ class GradConModel(nn.Module):
         """Fold one step's gradients into the running mean: ref_t = ref_{t−1} + (g_t − ref_{t−1}) / t.
 
         That is the official `AverageMeter.update(grad, n=1)` (sum / count over every step so far,
-        never reset between epochs), kept as mean + count instead of sum + count.
+        never reset between epochs), kept as mean + count instead of sum + count. A step with any
+        non-finite gradient (a 16-mixed overflow, which the grad scaler skips too) is left out: it would
+        make the mean inf/NaN for the rest of training. Decided on the device, no host sync per step.
         """
         references = self.reference_gradients()
         if len(gradients) != len(references):
             raise ValueError(f"expected {len(references)} gradients, got {len(gradients)}")
-        self.reference_count += 1
-        step = self.reference_count.item()
-        for ref, grad in zip(references, gradients):
-            ref.add_((grad.detach().to(ref.dtype) - ref) / step)
+        grads = [grad.detach().to(ref.dtype) for ref, grad in zip(references, gradients)]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        self.reference_count += finite.to(self.reference_count.dtype)
+        step = self.reference_count.clamp_min(1).to(references[0].dtype)
+        for ref, grad in zip(references, grads):
+            ref.add_(torch.where(finite, (grad - ref) / step, torch.zeros_like(ref)))
 
     def gradient_cosines(self, gradients: Sequence[torch.Tensor]) -> torch.Tensor:
         """cos(gradient_l, reference_l) for every constrained layer l → tensor of shape (L,)."""

@@ -40,6 +40,8 @@ def _images(loader: DataLoader):
 class PatchSVDD(AnomalyModule):
     """Patch SVDD (Yi & Yoon, ACCV 2020). See README.md next to this file."""
 
+    inference_precision = "float32"  # torch_model._float32: autocast and TF32 off whatever trainer.precision
+
     def __init__(
         self,
         embedding_dim: int = 64,

@@ -164,20 +164,29 @@ class NearestNeighbourSettings:
         """What searches: torch (``search: torch``, or a bank in GPU memory, which faiss-cpu cannot read) or faiss-cpu."""
         return "torch" if self.search == "torch" or on_cuda else "faiss-cpu"
 
+    def searched(self, on_cuda: bool) -> str:
+        """The search that runs: a bank in GPU memory always gets the exact blocked torch search, whatever
+        ``nn_search`` asked for (faiss-cpu cannot read GPU memory), so a record must not call it ivf/hnsw."""
+        return "torch" if on_cuda else self.search
+
     def as_record(self, *, bank_rows: dict[str, int], on_cuda: bool,
                   bank_subsample: float | int | None = None) -> dict[str, Any]:
-        """result.json ``evaluation.nearest_neighbour``: how the search was done over banks of `bank_rows` rows."""
+        """result.json ``evaluation.nearest_neighbour``: how the search was done over banks of `bank_rows` rows
+        (what ran; ``requested_search`` keeps the configured search where another one ran)."""
+        search = self.searched(on_cuda)
         info: dict[str, Any] = {
-            "search": self.search,
+            "search": search,
             "library": self.library(on_cuda),
-            "approximate": self.approximate or bank_subsample is not None,
+            "approximate": search in APPROXIMATE_SEARCHES or bank_subsample is not None,
             "centred": True,  # searched around the bank mean (module docstring); older results searched uncentred
             "bank_subsample": bank_subsample,
             "bank_rows": dict(bank_rows),
         }
-        if self.search == "ivf":
+        if search != self.search:
+            info["requested_search"] = self.search
+        if search == "ivf":
             info.update(nlist=self.nlist, nprobe=self.nprobe)
-        elif self.search == "hnsw":
+        elif search == "hnsw":
             info.update(hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, ef_search=self.ef_search)
         return info
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.patch_svdd.nearest import NearestNeighbourIndex, NearestNeighbourSettings, subsample_bank
+from anobench.precision import strict_float32
 
 SMALL_K = 32  # patch size of EncoderSmall
 BIG_K = 64  # patch size of EncoderHier
@@ -41,13 +42,14 @@ _NEG_SLOPE = 0.1
 
 
 def _float32(method):
-    """Run an inference method with autocast off: under trainer.precision=bf16-mixed (training only) the
-    embeddings would keep ~3 significant digits, too few for nearest-neighbour distances of ~1e-3 of
-    their norm; banks and test patches are always embedded in float32."""
+    """Run an inference method in full float32: autocast off and TF32 off. Under trainer.precision=bf16-mixed
+    (training only) the embeddings would keep ~3 significant digits, and TF32 convolutions / matmuls (cuDNN's
+    default on Ampere+, or set_float32_matmul_precision('high')) ~4, too few for nearest-neighbour distances of
+    ~1e-3 of their norm; banks and test patches are always embedded and searched in float32."""
 
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
-        with torch.autocast(device_type=self.mean_image.device.type, enabled=False):
+        with torch.autocast(device_type=self.mean_image.device.type, enabled=False), strict_float32():
             return method(self, *args, **kwargs)
 
     return wrapped
