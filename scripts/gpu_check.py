@@ -48,8 +48,10 @@ def _synthetic(sizes: dict[str, int]) -> list[str]:
     return [f"data.synthetic.{key}={value}" for key, value in sizes.items()]
 
 
-def _offline(name: str, data_dir: Path) -> list[str]:
-    """What a lent machine lacks (ImageNet weights and images), as in tests/methods/test_paper_experiments.py."""
+def offline_overrides(name: str, data_dir: Path) -> list[str]:
+    """What an offline machine lacks for experiment `name` (ImageNet weights and images), replaced: random weights of
+    the same architecture, and the synthetic washer's training images for Uninformed Students' distillation (the
+    paper's `distill_data=imagefolder` path, 2 teacher steps). tests/methods/test_paper_experiments.py uses it too."""
     extra = {"synthcp_paper": ["backbone.pretrained=false"],
              "uninformed_students_paper": ["backbone.pretrained=false", "method.module.teacher.steps=2",
                                            f"method.module.teacher.image_folder={data_dir}/synthetic/washer/train/good"]}
@@ -133,7 +135,7 @@ def check_experiment(name: str, args: argparse.Namespace, work: Path) -> dict[st
     cfg = _compose([f"experiment={name}", f"trainer={trainer}", f"trainer.max_steps={args.steps}",
                     "trainer.max_epochs=null", "data=synthetic/washer",
                     *_synthetic(SYNTHETIC), f"paths.data_dir={data_dir}", f"paths.results_dir={work / 'results'}",
-                    "visualize.enabled=false", *_offline(name, data_dir)])
+                    "visualize.enabled=false", *offline_overrides(name, data_dir)])
     step_times: list[float] = []
 
     class StepTimer(L.Callback):

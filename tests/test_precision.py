@@ -20,7 +20,7 @@ from anobench.precision import float32_settings, strict_float32
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "methods"))
-from fitting import quiet_trainer, tiny_overrides  # noqa: E402
+from fitting import quiet_trainer, synthetic_datamodule, tiny_overrides  # noqa: E402
 
 
 # --- strict float32 ----------------------------------------------------------------------------
@@ -136,13 +136,11 @@ def test_gradcon_folds_unscaled_finite_gradients_under_16_mixed(tmp_path):
     """A real grad scaler (16-mixed, on CPU): the reference is the mean of the unscaled finite steps' gradients."""
     from lightning.pytorch.plugins import MixedPrecision
 
-    from anobench.data import AnomalyDataModule
     from anobench.methods.gradcon import GradCon
 
     L.seed_everything(0, verbose=False)
-    datamodule = AnomalyDataModule(dataset="synthetic", category="washer", root=str(tmp_path), image_size=32,
-                                   train_batch_size=4, eval_batch_size=4,
-                                   synthetic=dict(n_train=8, n_test_good=2, n_test_per_defect=1))
+    datamodule = synthetic_datamodule(tmp_path, "washer", image_size=32, batch_size=4, eval_batch_size=4,
+                                      train_repeats=1, synthetic=dict(n_train=8, n_test_good=2, n_test_per_defect=1))
     module = GradCon(channels=(8, 8, 16, 16))
     recorder = _OverflowOnce()
     trainer = quiet_trainer(3, callbacks=[recorder], deterministic=None, plugins=[MixedPrecision("16-mixed", "cpu")])

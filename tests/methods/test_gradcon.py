@@ -112,12 +112,9 @@ class _RecordGradients(L.Callback):
 
 def test_fit_moves_references_as_running_mean_of_step_gradients(tmp_path):
     """In a real Lightning fit the reference after step t is the mean of the t steps' decoder .grad."""
-    from anobench.data import AnomalyDataModule
-
     L.seed_everything(0, verbose=False)
-    datamodule = AnomalyDataModule(dataset="synthetic", category="washer", root=str(tmp_path), image_size=32,
-                                   train_batch_size=4, eval_batch_size=4,
-                                   synthetic=dict(n_train=8, n_test_good=2, n_test_per_defect=1))
+    datamodule = synthetic_datamodule(tmp_path, "washer", image_size=32, batch_size=4, eval_batch_size=4,
+                                      train_repeats=1, synthetic=dict(n_train=8, n_test_good=2, n_test_per_defect=1))
     module = GradCon(channels=SMALL)
     recorder = _RecordGradients()
     trainer = quiet_trainer(4, callbacks=[recorder], deterministic=None)

@@ -5,37 +5,37 @@ students on 256² images take ~30 s a step on 2 cores — and find nothing the m
 
 Only the budget and the data shrink (`TINY`: trainer=smoke = 2 steps, a tiny synthetic category); the model
 sizes, image size, batch sizes and every other paper setting stay as the experiment file sets them. Two
-settings need what a test machine lacks and are replaced, each named in `OFFLINE`: ImageNet-pretrained
-backbone weights (not downloadable offline: random weights of the same architecture) and Uninformed Students'
+settings need what a test machine lacks and are replaced (scripts/gpu_check.py's `offline_overrides`, which the
+GPU check uses too): ImageNet-pretrained backbone weights (not downloadable offline: random weights of the same architecture) and Uninformed Students'
 ImageNet distillation folder (the synthetic category's own training images instead, still through the
 paper's `distill_data=imagefolder` path, with 2 teacher steps).
 """
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hydra import compose, initialize_config_dir
 
 from anobench.config import config_dir, group_options
 from anobench.tasks import run
+from conftest import REPO
 from fitting import TINY_SYNTHETIC, FitRecord, synthetic_overrides
+
+sys.path.insert(0, str(REPO / "scripts"))
+from gpu_check import offline_overrides  # noqa: E402
 
 EXPERIMENTS = group_options("experiment")
 CATEGORY = "washer"
 # the budget and the data, nothing else: 2 steps, the tiniest synthetic category (batch sizes stay the paper's)
 # (no epoch limit: a paper batch can exceed the tiny training set, one batch an epoch)
 STEPS_AND_DATA = ["trainer=smoke", "trainer.max_epochs=null", f"data=synthetic/{CATEGORY}", *synthetic_overrides(TINY_SYNTHETIC)]
-# what a CPU test machine without network or ImageNet lacks (see the module docstring)
-OFFLINE = {
-    "synthcp_paper": ["backbone.pretrained=false"],
-    "uninformed_students_paper": ["backbone.pretrained=false", "method.module.teacher.steps=2",
-                                  "method.module.teacher.image_folder={data}/synthetic/washer/train/good"],
-}
 
 
 def _compose(name: str, tmp_path) -> object:
     data = tmp_path / "data"
-    extra = [o.format(data=data) for o in OFFLINE.get(name, [])]
+    extra = offline_overrides(name, data)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name="train", overrides=[
             f"experiment={name}", *STEPS_AND_DATA, f"paths.data_dir={data}",
