@@ -115,6 +115,9 @@ class AnomalyModule(L.LightningModule):
     # "training": the test step runs in trainer.precision (Lightning's autocast wraps it); "float32": the model
     # turns autocast and TF32 off itself (Patch SVDD). docs/performance.md#precision; tests/test_precision.py
     inference_precision: str = "training"
+    # None: the image score is the paper's own (pred_score); a pooling name (anobench/metrics/pooling.py): the
+    # paper defines no image score and the method pools its map with that rule. Recorded as evaluation.image_score.
+    image_score_pooling: str | None = None
 
     def __init__(self, optimizer: OptimizerFactory | None = None) -> None:
         super().__init__()
@@ -155,6 +158,12 @@ class AnomalyModule(L.LightningModule):
         A semi-supervised method (NBS) saw these test images with labels, so they must not be scored.
         """
         return []
+
+    def image_score_record(self) -> str:
+        """What the image score is, for result.json's evaluation.image_score."""
+        if self.image_score_pooling is None:
+            return "the paper's image score (method README)"
+        return f"map pooling '{self.image_score_pooling}' (the paper defines no image score; docs/methods.md#image-scores-from-maps)"
 
     def extra_test_results(self, predictions: TestPredictions) -> dict[str, Any]:
         """Entries added to result.json's ``evaluation`` from the whole test set's predictions. Default: none."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from anobench.metrics._pixels import as_bool_mask, check_fpr_limit, check_memory, common_score_dtype, split_pixels
 from anobench.metrics.auroc import auroc_from_split, image_auroc
 from anobench.metrics.curves import MetricCurves, image_roc_curve, pixel_roc_curve, pro_curve_from_split
+from anobench.metrics.pooling import pool_all
 from anobench.metrics.precision import image_precision_metrics, pixel_precision_from_split
 from anobench.metrics.pro import aupro_from_split
 from anobench.protocol import EVALUATION_RESOLUTIONS as RESOLUTIONS
@@ -52,6 +53,7 @@ class CategoryEvaluation:
     curves: MetricCurves | None = field(default=None, repr=False)
     f1_thresholds: dict[str, float] = field(default_factory=dict)
     pixel_metrics_note: str | None = None
+    image_auroc_by_pooling: dict[str, float] = field(default_factory=dict)
 
     @property
     def has_pixel_metrics(self) -> bool:
@@ -62,7 +64,8 @@ class CategoryEvaluation:
         """The JSON-ready evaluation block (everything but the metrics and the curves)."""
         record = {"resolution": self.resolution, "fpr_limit": self.fpr_limit, "n_images": self.n_images,
                   "n_defective": self.n_defective, "n_regions": self.n_regions, "timings": dict(self.timings),
-                  "f1_optimal_thresholds": dict(self.f1_thresholds)}
+                  "f1_optimal_thresholds": dict(self.f1_thresholds),
+                  "image_auroc_by_pooling": dict(self.image_auroc_by_pooling)}
         if self.pixel_metrics_note is not None:
             record["pixel_metrics"] = self.pixel_metrics_note
         return record
@@ -154,6 +157,7 @@ def evaluate_category(
     img_precision = image_precision_metrics(scores, labels)
     _warn_label_mask_mismatch(labels, masks)
 
+    by_pooling = image_auroc_by_pooling(maps, labels)
     resample_s = 0.0
     # each map's max at the evaluation resolution: what MVTec's script scores as its classification AUROC
     map_max = np.array([float(np.max(a)) for a in maps])
@@ -203,6 +207,7 @@ def evaluate_category(
         timings={"upsample_s": resample_s, "metrics_s": total_s - resample_s},
         curves=curves,
         f1_thresholds={"image": img_precision.f1_threshold, "pixel": pix_precision.f1_threshold},
+        image_auroc_by_pooling=by_pooling,
     )
 
 
@@ -230,6 +235,7 @@ def _evaluate_images_only(anomaly_maps: Sequence[np.ndarray], image_scores: Sequ
     start = time.perf_counter()
     img_auroc = image_auroc(scores, labels)
     img_precision = image_precision_metrics(scores, labels)
+    by_pooling = image_auroc_by_pooling(maps, labels)
     resample_s = 0.0
     if resolution == "ground_truth":  # the max at the evaluation resolution, as with masks
         t0 = time.perf_counter()
@@ -260,7 +266,14 @@ def _evaluate_images_only(anomaly_maps: Sequence[np.ndarray], image_scores: Sequ
         curves=curves,
         f1_thresholds={"image": img_precision.f1_threshold},
         pixel_metrics_note=f"not computed: {reason}",
+        image_auroc_by_pooling=by_pooling,
     )
+
+
+def image_auroc_by_pooling(maps: Sequence[np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Image AUROC of every candidate pooling of the maps (`anobench.metrics.pooling`), on the maps as the
+    method returned them (model resolution, where the method's own pooled score is taken too)."""
+    return {rule: image_auroc(scores, labels) for rule, scores in pool_all(list(maps)).items()}
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:

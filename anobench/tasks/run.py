@@ -241,7 +241,7 @@ def evaluate_on_test_set(module: AnomalyModule, datamodule: AnomalyDataModule, s
         fpr_limit=settings.pro_fpr_limit,
         image_sizes=None if with_masks else [image_size(samples[i].image_path)[::-1] for i in indices],
     )
-    extra = module.extra_test_results(predictions)
+    extra = {"image_score": module.image_score_record(), **module.extra_test_results(predictions)}
     reference = module.score_reference(predictions.score_parts)
     if reference:  # what the image score took from the whole test set: anobench predict scores new images with it
         extra = {**extra, "score_reference": reference}

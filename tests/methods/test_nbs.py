@@ -11,6 +11,7 @@ from anobench.methods import get_method
 from anobench.methods.base import AnomalyOutput
 from anobench.methods.nbs import LossProfileBuffer, NBSModel, NeuralBatchSampling, select_from_test_split
 from anobench.methods.nbs.labelled import build_labelled_set, render_on_train_images
+from anobench.metrics.pooling import MAP_POOLING, pool_maps
 from fitting import SMALL_SYNTHETIC, fit_and_test, quiet_trainer, synthetic_datamodule
 
 
@@ -215,26 +216,61 @@ def test_checkpoint_holds_profiles_and_exclusions(data_root, tmp_path):
     batch = next(iter(datamodule.test_dataloader()))
     out = reloaded.model(batch["image"])
     assert isinstance(out, AnomalyOutput) and out.anomaly_map.shape == (16, 128, 128)
-    top = out.anomaly_map.flatten(1).topk(round(0.05 * 128 * 128), dim=1).values.mean(dim=1)
-    torch.testing.assert_close(out.pred_score, top)  # image score: mean of the top 5 % of the map
-    reloaded.model.image_top_fraction = 0.0
-    torch.testing.assert_close(reloaded.model(batch["image"]).pred_score, out.anomaly_map.flatten(1).amax(dim=1))
+    top = out.anomaly_map.flatten(1).topk(round(0.01 * 128 * 128), dim=1).values.mean(dim=1)
+    assert MAP_POOLING == "top1_mean"
+    torch.testing.assert_close(out.pred_score, top)  # image score: the one map pooling rule, mean of the top 1 %
+
+
+def test_predictor_loss_adds_the_good_images_hottest_cells_term():
+    """image_loss_weight adds BCE(the image-score pooling of each labelled *good* image's logits, 0):
+    it trains against the hot normal regions that make an image score rank good images above defective ones.
+    Defective images get no image term (their top cells are mostly normal when the defect is small)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    module = _module_with_pool(n_tracked=4, size=64, image_loss_weight=0.0)
+    module._labelled_rows = torch.tensor([0, 1, 2])
+    masks = torch.zeros(3, 16, 16)
+    masks[2, 3:5, 3:5] = 1.0  # rows 0, 1 good; row 2 defective
+    module._labelled_masks = masks
+    per_cell = module.predictor_loss(augment=False)
+    module.image_loss_weight = 2.0
+    with torch.no_grad():
+        logits = module.model.predictor(module.model.buffer.read(torch.tensor([0, 1])))
+    tails = pool_maps(logits, MAP_POOLING)
+    expected = per_cell + 2.0 * F.binary_cross_entropy_with_logits(tails, torch.zeros(2))
+    torch.testing.assert_close(module.predictor_loss(augment=False), expected)
+    module._labelled_masks = masks[[2, 2, 2]]  # no good image labelled: no image term
+    with_term = module.predictor_loss(augment=False)
+    module.image_loss_weight = 0.0
+    torch.testing.assert_close(with_term, module.predictor_loss(augment=False))
+    with pytest.raises(ValueError, match="pos_weight_cap"):
+        NeuralBatchSampling(pos_weight_cap=0.5)
 
 
 # --- learning end to end ----------------------------------------------------------------------------
 @pytest.mark.slow
-def test_nbs_learns_on_synthetic(data_root, tmp_path):
-    """Washer, 200 AE steps, labelled set k = 1 per defect type + 2 good test images (excluded, 18 left).
+def test_nbs_learns_and_its_image_score_is_not_inverted(data_root, tmp_path):
+    """Washer, 200 AE steps, three labelled sets (labelled_seed 0, 1, 2; k = 1 per defect type + 2 good test
+    images, excluded: 18 evaluated). The image score must rank defective above good images on *every*
+    labelled set: issue 32 found sets where good images out-scored defective ones while the pixel AUROC
+    stayed high.
 
-    Measured 2026-12-02 (AMD EPYC, one thread, Holt-trend reward baseline), seeds 0 / 1 / 2: pixel AUROC
-    0.887 / 0.899 / 0.867, image AUROC (mean of the map's top 5 %) 0.708 / 0.778 / 0.556; chance = 0.5.
-    Thresholds sit below the lowest seed: pixel >= 0.82, image >= 0.53.
+    Measured 2026-12-07 (Intel, one thread), labelled seeds 0 / 1 / 2: image AUROC (top-1 % mean, the map pooling
+    rule) 0.750 / 0.875 / 0.819, pixel AUROC 0.887 / 0.892 / 0.906. The one-sided image term of README deviation 9
+    (`image_loss_weight: 1`) gives 0.736 / **0.125** / 0.819 here, and this test fails on it. Earlier training seeds
+    1 and 2 (AMD, top-5 % score) gave image 0.778 / 0.556, pixel 0.899 / 0.867; thresholds sit below the lowest:
+    image >= 0.53 (chance 0.5), pixel >= 0.82.
     """
-    fitted = fit_and_test(NeuralBatchSampling, _datamodule(data_root, seed=0), max_steps=200, seed=0)
-    assert torch.isfinite(fitted.fit.logged["train/reward"])  # the sampler got rewards
-    metrics = fitted.metrics
-    assert metrics["pixel_auroc"] >= 0.82, metrics
-    assert metrics["image_auroc"] >= 0.53, metrics
+    images = {}
+    for labelled_seed in (0, 1, 2):
+        fitted = fit_and_test(lambda: NeuralBatchSampling(labelled_seed=labelled_seed),
+                              _datamodule(data_root, seed=0), max_steps=200, seed=0)
+        assert torch.isfinite(fitted.fit.logged["train/reward"])  # the sampler got rewards
+        metrics = fitted.metrics
+        assert metrics["pixel_auroc"] >= 0.82, (labelled_seed, metrics)
+        images[labelled_seed] = metrics["image_auroc"]
+    assert all(value >= 0.53 for value in images.values()), images
 
 
 def test_reward_baseline_centres_advantages_of_a_rising_reward_and_keeps_their_sign():

@@ -26,7 +26,7 @@ from fitting import TINY_SYNTHETIC, FitRecord, synthetic_overrides
 sys.path.insert(0, str(REPO / "scripts"))
 from gpu_check import offline_overrides  # noqa: E402
 
-EXPERIMENTS = group_options("experiment")
+EXPERIMENTS = [name for name in group_options("experiment") if name.endswith("_paper")]
 CATEGORY = "washer"
 # the budget and the data, nothing else: 2 steps, the tiniest synthetic category (batch sizes stay the paper's)
 # (no epoch limit: a paper batch can exceed the tiny training set, one batch an epoch)

@@ -35,6 +35,7 @@ from anobench.methods.base import AnomalyModule, OptimizerFactory, TestPredictio
 from anobench.methods.nbs.labelled import SOURCES, build_labelled_set
 from anobench.methods.nbs.torch_model import NBSModel, sampler_state
 from anobench.methods.registry import register_method
+from anobench.metrics.pooling import MAP_POOLING
 
 SAMPLERS = ("learned", "uniform")
 
@@ -77,6 +78,8 @@ class RewardBaseline:
 class NeuralBatchSampling(AnomalyModule):
     """Neural Batch Sampling (Chu & Kitani, ECCV 2020), semi-supervised. See README.md next to this file."""
 
+    image_score_pooling = MAP_POOLING  # the paper defines no image score
+
     def __init__(
         self,
         patch_size: int = 32,
@@ -97,11 +100,12 @@ class NeuralBatchSampling(AnomalyModule):
         predictor_weight_decay: float = 1e-2,
         predictor_steps: int = 1,
         final_predictor_steps: int = 0,
+        pos_weight_cap: float = 100.0,
+        image_loss_weight: float = 0.0,
         labelled_source: str = "test_split",
         labelled_k: int = 1,
         labelled_normal: int = 2,
         labelled_seed: int = 0,
-        image_top_fraction: float = 0.05,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__(optimizer or partial(torch.optim.Adam, lr=3e-3))
@@ -123,6 +127,10 @@ class NeuralBatchSampling(AnomalyModule):
         self.predictor_weight_decay = predictor_weight_decay
         self.predictor_steps = predictor_steps
         self.final_predictor_steps = final_predictor_steps
+        if pos_weight_cap < 1 or image_loss_weight < 0:
+            raise ValueError(f"pos_weight_cap={pos_weight_cap} must be >= 1 and image_loss_weight={image_loss_weight} >= 0")
+        self.pos_weight_cap = pos_weight_cap
+        self.image_loss_weight = image_loss_weight
         self.labelled_source = labelled_source
         self.labelled_k = labelled_k
         self.labelled_normal = labelled_normal
@@ -130,7 +138,7 @@ class NeuralBatchSampling(AnomalyModule):
         self.model = NBSModel(
             ae_channels=tuple(ae_channels), profile_length=profile_length, cell_size=cell_size,
             patch_size=patch_size, patch_stride=patch_stride, predictor_width=predictor_width,
-            policy_width=policy_width, image_top_fraction=image_top_fraction,
+            policy_width=policy_width,
         )
         # test rows that were labelled (left out of evaluation); saved with the checkpoint
         self.register_buffer("excluded_test_indices", torch.zeros(0, dtype=torch.long))
@@ -225,7 +233,9 @@ class NeuralBatchSampling(AnomalyModule):
 
     # --- predictor ------------------------------------------------------------------------------
     def predictor_loss(self, augment: bool = False) -> torch.Tensor:
-        """Class-balanced BCE of the predictor on the labelled images' current profiles."""
+        """Predictor loss on the labelled images' current profiles: class-balanced per-cell BCE, plus
+        (``image_loss_weight`` > 0) a BCE pushing each labelled good image's pooled logit (the image score's pooling)
+        towards normal (README deviation 9)."""
         profiles = self.model.buffer.read(self._labelled_rows)
         targets = self._labelled_masks
         if augment:  # the labelled set is tiny: random flips / 90° turns of profile and mask together
@@ -235,8 +245,15 @@ class NeuralBatchSampling(AnomalyModule):
                 profiles, targets = profiles.flip(-1), targets.flip(-1)
         logits = self.model.predictor(profiles)
         positive = targets.sum()
-        pos_weight = ((targets.numel() - positive) / positive).clamp(1.0, 100.0) if positive > 0 else targets.new_tensor(1.0)
-        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+        cap = self.pos_weight_cap
+        pos_weight = ((targets.numel() - positive) / positive).clamp(1.0, cap) if positive > 0 else targets.new_tensor(1.0)
+        loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+        if self.image_loss_weight > 0:
+            normal = targets.flatten(1).amax(dim=1) == 0
+            if normal.any():  # the hottest cells of the labelled good images, pushed towards "normal"
+                tails = self.model.image_scores(logits[normal])
+                loss = loss + self.image_loss_weight * F.binary_cross_entropy_with_logits(tails, torch.zeros_like(tails))
+        return loss
 
     def _fit_predictor(self, steps: int) -> float:
         loss = torch.zeros(())

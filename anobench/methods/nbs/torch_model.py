@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anobench.methods.base import AnomalyOutput
+from anobench.metrics.pooling import MAP_POOLING, pool_maps
 from anobench.methods.components import ConvDecoder, ConvEncoder
 
 _LOG_EPS = 1e-6
@@ -213,12 +214,8 @@ class NBSModel(nn.Module):
         patch_stride: int = 16,
         predictor_width: int = 16,
         policy_width: int = 16,
-        image_top_fraction: float = 0.05,
     ) -> None:
         super().__init__()
-        if not 0.0 <= image_top_fraction <= 1.0:
-            raise ValueError(f"image_top_fraction={image_top_fraction} must be in [0, 1] (0 = max of the map)")
-        self.image_top_fraction = image_top_fraction
         for name, value in (("patch_size", patch_size), ("patch_stride", patch_stride)):
             if value % cell_size:
                 raise ValueError(f"{name}={value} must be a multiple of cell_size={cell_size}")
@@ -255,11 +252,10 @@ class NBSModel(nn.Module):
                           for i in range(0, images.shape[0], chunk)])
 
     # --- inference ----------------------------------------------------------------------------
-    def image_scores(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """Mean of the top `image_top_fraction` of each map's pixels (0 → the max). See README."""
-        flat = anomaly_map.flatten(1)
-        k = max(1, int(round(self.image_top_fraction * flat.shape[1])))
-        return flat.amax(dim=1) if k == 1 else flat.topk(k, dim=1).values.mean(dim=1)
+    @staticmethod
+    def image_scores(anomaly_map: torch.Tensor) -> torch.Tensor:
+        """The paper defines no image score: the one map pooling rule (anobench.metrics.pooling.MAP_POOLING)."""
+        return pool_maps(anomaly_map, MAP_POOLING)
 
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
         """Tracked images B×3×S×S → predictor probability map B×S×S (bilinear from cells) and image score."""

@@ -30,6 +30,7 @@ from anobench.methods.components.gan import (
 )
 from anobench.methods.registry import register_method
 from anobench.methods.synthcp.torch_model import SynthCPModel, cosine_distance_map
+from anobench.metrics.pooling import MAP_POOLING
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ def _images(loader):
 @register_method("synthcp")
 class SynthCP(AnomalyModule):
     """SynthCP, "Synthesize then Compare" (Xia et al., ECCV 2020), adapted. See README.md next to this file."""
+
+    image_score_pooling = MAP_POOLING  # the paper defines no image score
 
     def __init__(
         self,

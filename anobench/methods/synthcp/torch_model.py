@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anobench.methods.base import AnomalyOutput
+from anobench.metrics.pooling import MAP_POOLING, pool_maps
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -266,9 +267,9 @@ class SynthCPModel(nn.Module):
         return torch.stack(maps).mean(0)
 
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
-        """B×3×S×S in [0, 1] → comparison map B×S×S and its max as the image score."""
+        """B×3×S×S in [0, 1] → comparison map B×S×S and its pooled image score (anobench.metrics.pooling.MAP_POOLING)."""
         with torch.no_grad():
             features = self.features(images)
             synthesis = self.synthesize(self.layout_from_features(features))
             anomaly_map = self.compare(features, self.features(synthesis), tuple(images.shape[-2:]))
-            return AnomalyOutput(anomaly_map=anomaly_map, pred_score=anomaly_map.flatten(1).amax(dim=1))
+            return AnomalyOutput(anomaly_map=anomaly_map, pred_score=pool_maps(anomaly_map, MAP_POOLING))

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from anobench.methods.base import AnomalyModule, OptimizerFactory
 from anobench.methods.registry import register_method
+from anobench.metrics.pooling import MAP_POOLING
 from anobench.methods.uninformed_students.teacher import BackboneSpec, TeacherConfig, prepare_teachers
 from anobench.methods.uninformed_students.torch_model import (
     PATCH_SIZES,
@@ -66,6 +67,8 @@ class _RunningMoments:
 @register_method("uninformed_students")
 class UninformedStudents(AnomalyModule):
     """Uninformed Students (Bergmann et al., CVPR 2020). See README.md next to this file."""
+
+    image_score_pooling = MAP_POOLING  # the paper defines no image score
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anobench.methods.base import AnomalyOutput
+from anobench.metrics.pooling import MAP_POOLING, pool_maps
 
 PATCH_SIZES = (17, 33, 65)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -228,4 +229,4 @@ class StudentTeacherModel(nn.Module):
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
         maps = self.score_maps(images)
         anomaly_map = torch.stack([maps[p] for p in self.patch_sizes]).mean(dim=0)  # multi-scale: the mean
-        return AnomalyOutput(anomaly_map=anomaly_map, pred_score=anomaly_map.flatten(1).max(dim=1).values)
+        return AnomalyOutput(anomaly_map=anomaly_map, pred_score=pool_maps(anomaly_map, MAP_POOLING))
