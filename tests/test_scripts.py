@@ -202,3 +202,56 @@ def test_bench_patch_svdd_counts_the_encoder_flops_and_compares_the_same_work():
     torch.manual_seed(1)
     got = bench.official_pattern_step(official, x, torch.optim.SGD(official.parameters(), lr=0.0))
     torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _pooling_record(method: str, seed: int, pooled: dict, status: str = "ok") -> dict:
+    return {"method": method, "dataset": "synthetic", "category": "washer", "seed": seed, "status": status,
+            "finished_at": "2026-01-01T00:00:00", "budget": {"label": "reduced"},
+            "metrics": {"image_auroc": 0.5, "pixel_auroc": 0.5, "pro": 0.2},
+            "evaluation": {"image_auroc_by_pooling": pooled}}
+
+
+def test_map_pooling_picks_the_best_mean_and_breaks_ties_by_the_worst_run(tmp_path, capsys):
+    import importlib.util
+
+    from anobench.results.record import write_result
+
+    spec = importlib.util.spec_from_file_location("map_pooling", REPO / "scripts" / "map_pooling.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # top1_mean and top5_mean tie on the mean (0.70); top5_mean has the better worst run (0.65 vs 0.60)
+    write_result(tmp_path / "runs" / "a", _pooling_record("synthcp", 0, {"max": 0.5, "smoothed_max": 0.55,
+                                                                        "top1_mean": 0.8, "top5_mean": 0.75}))
+    write_result(tmp_path / "runs" / "b", _pooling_record("synthcp", 1, {"max": 0.9, "smoothed_max": 0.55,
+                                                                        "top1_mean": 0.6, "top5_mean": 0.65}))
+    write_result(tmp_path / "runs" / "c", _pooling_record("synthcp", 2, {"max": 0.0}, status="failed"))
+    rows_file = tmp_path / "nbs.jsonl"
+    rows_file.write_text(json.dumps({"method": "nbs", "dataset": "mvtec", "category": "bottle", "seed": 0,
+                                     "labelled_seed": 3, "image_auroc_by_pooling": {
+                                         "max": 0.3, "smoothed_max": 0.6, "top1_mean": 0.7, "top5_mean": 0.7}}) + "\n")
+    assert script.main([str(tmp_path), str(rows_file), "--out", str(tmp_path / "rows.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "chosen by the rule" in out and out.strip().endswith("top5_mean")
+    assert "| nbs | mvtec | bottle | 0/l3 |" in out
+    rows = list(csv.DictReader((tmp_path / "rows.csv").open()))
+    assert len(rows) == 3  # the failed run is left out
+    means = {rule: sum(float(r[rule]) for r in rows) / 3 for rule in ("max", "top1_mean", "top5_mean")}
+    assert means["top1_mean"] == means["top5_mean"] == max(means.values())
+    assert script.main([str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_nbs_labelled_sets_writes_one_row_per_labelled_set(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "scripts/nbs_labelled_sets.py", "--labelled-seeds", "0", "1", "--out", str(out), "--",
+         "data=synthetic/washer", f"paths.data_dir={tmp_path / 'data'}", "trainer.max_steps=2",
+         "data.synthetic.n_train=6", "data.synthetic.n_test_good=4", "data.synthetic.n_test_per_defect=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["labelled_seed"] for r in rows] == [0, 1]
+    assert all(r["method"] == "nbs" and r["category"] == "washer" and set(r["image_auroc_by_pooling"]) ==
+               {"max", "smoothed_max", "top1_mean", "top5_mean"} for r in rows)
+    assert rows[0]["n_evaluated"] < 12  # the labelled test images are left out of the evaluation
+    assert "image_auroc: mean" in proc.stdout
