@@ -1,7 +1,7 @@
 """NBS over several labelled sets: how much the choice of labelled images moves its image and pixel AUROC.
 
     python scripts/nbs_labelled_sets.py --labelled-seeds 0 1 2 3 4 -- paths.mvtec_root=/data/mvtec_ad data=mvtec/bottle
-    python scripts/nbs_labelled_sets.py --labelled-seeds 0 1 2 3 4 -- data=synthetic/weave method.module.image_loss_weight=0
+    python scripts/nbs_labelled_sets.py --labelled-seeds 0 1 2 3 4 -- data=synthetic/weave method.module.image_loss_weight=1
 
 One fit per labelled seed (`method.module.labelled_seed`), each at the method's default config plus the given
 overrides of `anobench train` (trainer=cpu, one torch thread), then the test stage. Prints one JSON row per

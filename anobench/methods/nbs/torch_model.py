@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from anobench.methods.base import AnomalyOutput
-from anobench.metrics.pooling import MAP_POOLING, pool_maps
 from anobench.methods.components import ConvDecoder, ConvEncoder
+from anobench.metrics.pooling import MAP_POOLING, pool_maps
 
 _LOG_EPS = 1e-6
 FINGERPRINT_SIDE = 8  # images are identified by their 8×8 average-pooled thumbnail

@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader
 
 from anobench.methods.base import AnomalyModule, OptimizerFactory
 from anobench.methods.registry import register_method
-from anobench.metrics.pooling import MAP_POOLING
 from anobench.methods.uninformed_students.teacher import BackboneSpec, TeacherConfig, prepare_teachers
 from anobench.methods.uninformed_students.torch_model import (
     PATCH_SIZES,
@@ -32,6 +31,7 @@ from anobench.methods.uninformed_students.torch_model import (
     normalize_images,
     pad_images,
 )
+from anobench.metrics.pooling import MAP_POOLING
 
 
 def held_out_indices(n_images: int, fraction: float, seed: int) -> list[int]:
