@@ -8,8 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One CPU thread per test process, in this process and in the anobench runs it starts: the suite runs as two
+# pytest-xdist workers on a 2-core machine (README's test command), so two threads each would oversubscribe
+# the cores, and a test's numbers then do not depend on how many cores the machine has.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 # Keep end-to-end runs tiny: few synthetic images (the generator's defaults are larger), small batches.
 SMALL_RUN = [
     "method.input.batch_size=8",

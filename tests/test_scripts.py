@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 
@@ -255,3 +257,35 @@ def test_nbs_labelled_sets_writes_one_row_per_labelled_set(tmp_path):
                {"max", "smoothed_max", "top1_mean", "top5_mean"} for r in rows)
     assert rows[0]["n_evaluated"] < 12  # the labelled test images are left out of the evaluation
     assert "image_auroc: mean" in proc.stdout
+
+
+def test_seed_spread_separates_only_gaps_wider_than_the_spread(tmp_path, capsys):
+    import importlib.util
+    import math
+
+    from anobench.results.record import write_result
+
+    spec = importlib.util.spec_from_file_location("seed_spread", REPO / "scripts" / "seed_spread.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # image AUROC over seeds: a 0.90/0.92/0.94 (std 0.02), b 0.80/0.84/0.88 (std 0.04), c 0.86/0.87/0.88 (std 0.01)
+    values = {"a": [0.90, 0.92, 0.94], "b": [0.80, 0.84, 0.88], "c": [0.86, 0.87, 0.88], "single": [0.99]}
+    for method, per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            write_result(tmp_path / "runs" / method / f"seed{seed}", {
+                **_pooling_record(method, seed, {}), "metrics": {"image_auroc": value, "pixel_auroc": 0.5, "pro": 0.2}})
+    write_result(tmp_path / "runs" / "a" / "failed", {**_pooling_record("a", 3, {}, status="failed"),
+                                                      "error": {"type": "X", "message": "boom"}})
+    rows = script.spread_rows(tmp_path, ("image_auroc",))
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["b"]["std"] == pytest.approx(0.04) and by_method["a"]["n"] == 3  # the failed run is no seed
+    found = {(p["better"], p["worse"]): p for p in script.pairs(rows)}
+    assert set(found) == {("a", "c"), ("a", "b"), ("c", "b")}  # one seed has no spread: left out of the pairs
+    # a - c: gap 0.05 > 2 * sqrt(0.02^2 + 0.01^2) = 0.0447; a - b: 0.08 < 2 * sqrt(0.02^2 + 0.04^2) = 0.0894
+    assert found[("a", "c")]["threshold"] == pytest.approx(2 * math.sqrt(0.02 ** 2 + 0.01 ** 2))
+    assert found[("a", "c")]["separated"] and not found[("a", "b")]["separated"]
+    assert not found[("c", "b")]["separated"]
+    assert script.main([str(tmp_path), "--metrics", "image_auroc"]) == 0
+    assert "synthetic/washer image_auroc: a > c by 0.050" in capsys.readouterr().out
+    assert script.main([str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
