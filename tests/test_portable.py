@@ -69,6 +69,22 @@ def test_config_hash_of_the_portable_config_is_the_resolved_ones(machine, overri
     assert config_hash(portable_config(cfg)) == config_hash(OmegaConf.to_container(cfg, resolve=True))
 
 
+
+def test_a_path_under_a_root_hashes_the_same_relative_absolute_or_portable(machine):
+    """Uninformed Students' teacher cache lives under paths.data_dir: a run with an absolute data dir
+    (ANOBENCH_DATA_DIR=/scratch/data) is the same run as one with the default relative one, and the hash of
+    its recorded (portable) config is the hash it recorded."""
+    relative = _compose(["method=uninformed_students"])
+    absolute = _compose(["method=uninformed_students", f"paths.data_dir={machine / 'scratch' / 'data'}"])
+    assert absolute.method.module.teacher.cache_dir == str(machine / "scratch" / "data" / "teachers")
+    digest = config_hash(OmegaConf.to_container(relative, resolve=True))
+    assert config_hash(OmegaConf.to_container(absolute, resolve=True)) == digest
+    assert portable_config(absolute)["method"]["module"]["teacher"]["cache_dir"] == "${paths.data_dir}/teachers"
+    assert config_hash(portable_config(absolute)) == config_hash(portable_config(relative)) == digest
+    # another cache folder is another run
+    elsewhere = _compose(["method=uninformed_students", f"method.module.teacher.cache_dir={machine / 'cache'}"])
+    assert config_hash(OmegaConf.to_container(elsewhere, resolve=True)) != digest
+
 def test_literal_absolute_roots_become_the_environment_default_or_relative_to_the_working_directory(machine):
     mvtec = machine / "elsewhere" / "mvtec_ad"
     results = Path.cwd() / "out" / "suite"

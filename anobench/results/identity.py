@@ -3,6 +3,9 @@
 `anobench bench` uses it to decide whether a suite job is already done (same hash, status ok) and to
 name the job's run folder, so a re-run finds it. Paths are left out so that moving the results or
 data folder (or running from another directory) does not invalidate finished work; nor does asking a scheduler for more time or memory.
+A path that stays in the config (e.g. Uninformed Students' teacher cache under `paths.data_dir`) is hashed as
+it reads under the root's default (`data/teachers`), whether the run spelled it relative, absolute
+(`ANOBENCH_DATA_DIR=/scratch/data`) or portably (`${paths.data_dir}/teachers`, as result.json records it).
 """
 
 from __future__ import annotations
@@ -10,7 +13,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import posixpath
 from typing import Any, Mapping
+
+from anobench.results.pathnames import (PATHS_KEY, absolute, contains, is_absolute, looks_like_path, root_default,
+                                        split_root_reference)
 
 # Dotted keys that say where things live, what a scheduler grants, how fast or what is exported, not what is computed.
 VOLATILE_KEYS = ("paths", "data.root", "hydra", "method.resources", "malloc_keep_freed", "export",
@@ -25,6 +33,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 (first 12 hex digits) of a resolved config (plain containers) minus VOLATILE_KEYS and minus the
     NEUTRAL_DEFAULTS keys that hold their neutral value."""
     stripped = copy.deepcopy(dict(config))
+    roots = _roots(stripped.get(PATHS_KEY))
     for dotted in (*VOLATILE_KEYS, *NEUTRAL_DEFAULTS):
         *parents, leaf = dotted.split(".")
         node: Any = stripped
@@ -32,10 +41,47 @@ def config_hash(config: Mapping[str, Any]) -> str:
             node = node.get(key) if isinstance(node, Mapping) else None
         if isinstance(node, dict) and leaf in node and (dotted in VOLATILE_KEYS or _neutral(dotted, node[leaf])):
             node.pop(leaf)
-    text = json.dumps(stripped, sort_keys=True, default=str, separators=(",", ":"))
+    text = json.dumps(_under_default_roots(stripped, roots), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 def _neutral(dotted: str, value: Any) -> bool:
     """Whether `value` is the key's neutral value (0 and 0.0 alike; a bool never is)."""
     return not isinstance(value, bool) and value == NEUTRAL_DEFAULTS[dotted]
+
+
+def _roots(paths: Any) -> list[tuple[str, str | None, str]]:
+    """(name, the root as an absolute path or None when unresolved, how a path under it is hashed) per root of
+    the config's paths block, longest root first; the hashed form is the root's default ('data'), else
+    `${paths.<name>}`."""
+    roots = []
+    for name, value in (paths or {}).items() if isinstance(paths, Mapping) else ():
+        usable = isinstance(value, str) and value and "${" not in value and "://" not in value
+        root = absolute(value) if usable else None
+        if root is not None and posixpath.dirname(root) == root:  # "/" holds everything: says nothing
+            root = None
+        roots.append((name, root, root_default(name) or f"${{{PATHS_KEY}.{name}}}"))
+    return sorted(roots, key=lambda item: len(item[1] or ""), reverse=True)
+
+
+def _under_default_roots(value: Any, roots: list[tuple[str, str | None, str]]) -> Any:
+    """`value` with every path under a root written under the root's default (module doc)."""
+    if isinstance(value, dict):
+        return {key: _under_default_roots(item, roots) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_under_default_roots(item, roots) for item in value]
+    if not isinstance(value, str) or not roots:
+        return value
+    if value.startswith(f"${{{PATHS_KEY}."):
+        name, rest = split_root_reference(value)
+        hashed = next((form for root_name, _, form in roots if root_name == name), None)
+        return hashed + rest if hashed is not None else value
+    if "${" in value or "://" in value or not looks_like_path(value):
+        return value
+    target, cwd = absolute(value), absolute(os.getcwd())
+    for _, root, form in roots:
+        # a relative value says nothing by lying under a root that holds the working directory
+        if root is not None and contains(root, target) and (is_absolute(value) or not contains(root, cwd)):
+            rest = posixpath.relpath(target, root)
+            return form if rest == "." else f"{form}/{rest}"
+    return value

@@ -13,8 +13,8 @@ conf/paths/default.yaml names the roots a run reads from or writes to (`results_
   (the longest root wins). Absolute values are rewritten wherever they are; relative ones (already
   machine-independent) only in the keys that say where data lives (`identity.VOLATILE_KEYS`, e.g.
   `data.root: data/synthetic` -> `${paths.data_dir}/synthetic`), so that
-  `config_hash(portable_config(cfg)) == config_hash(resolved cfg)` whenever no other key holds an absolute path
-  (one that does made the resolved hash machine-specific anyway).
+  `config_hash(portable_config(cfg)) == config_hash(resolved cfg)` (config_hash reads a path under a root the
+  same way in either form).
 
 The result loads back with `OmegaConf.create` / `OmegaConf.load` and resolves on another machine from its
 environment: set ANOBENCH_MVTEC_ROOT there and `data.root` follows. A relative path (value or root) is
@@ -26,24 +26,14 @@ from __future__ import annotations
 import ntpath
 import os
 import posixpath
-import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from anobench.config import config_dir
 from anobench.results.identity import VOLATILE_KEYS
-
-PATHS_KEY = "paths"
-_ENV_DEFAULT = re.compile(r"^\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,[^}]*)?\}$")
-
-
-@lru_cache(maxsize=1)
-def default_paths() -> dict[str, Any]:
-    """conf/paths/default.yaml, unresolved: root name -> its interpolation."""
-    return OmegaConf.to_container(OmegaConf.load(config_dir() / PATHS_KEY / "default.yaml"), resolve=False)
+from anobench.results.pathnames import (ENV_DEFAULT, PATHS_KEY, absolute, contains, default_paths, is_absolute,
+                                        looks_like_path, split_root_reference)
 
 
 def portable_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -86,10 +76,10 @@ def portable_command(command: str | None, cfg: DictConfig) -> str | None:
     words = []
     for word in command.split(" "):
         key, eq, value = word.rpartition("=")
-        portable = _under_root(value, roots, relative_too=False) if _is_absolute(value) else None
+        portable = _under_root(value, roots, relative_too=False) if is_absolute(value) else None
         if portable is not None:
-            name, rest = _split_portable(portable)
-            match = _ENV_DEFAULT.match(str(default_paths().get(name, "")))
+            name, rest = split_root_reference(portable)
+            match = ENV_DEFAULT.match(str(default_paths().get(name, "")))
             head = f"${match.group(1)}" if match else f"<{name}>"
             value = head + rest
         words.append(f"{key}{eq}{value}")
@@ -107,12 +97,12 @@ def _resolved_paths(cfg: DictConfig) -> dict[str, Any]:
 def _paths_block(cfg: DictConfig) -> dict[str, Any]:
     block = OmegaConf.to_container(cfg[PATHS_KEY], resolve=False)
     defaults = default_paths()
-    cwd = _absolute(os.getcwd())
+    cwd = absolute(os.getcwd())
     for name, value in block.items():
-        if isinstance(value, str) and "${" not in value and _is_absolute(value):
-            absolute = _absolute(value)
-            if _contains(cwd, absolute):  # inside the working directory: relative to it, as a relative root is
-                block[name] = posixpath.relpath(absolute, cwd)
+        if isinstance(value, str) and "${" not in value and is_absolute(value):
+            literal = absolute(value)
+            if contains(cwd, literal):  # inside the working directory: relative to it, as a relative root is
+                block[name] = posixpath.relpath(literal, cwd)
             elif name in defaults:
                 block[name] = defaults[name]
     return block
@@ -123,9 +113,9 @@ def _roots(paths: dict[str, Any]) -> list[tuple[str, str]]:
     roots = []
     for name, value in paths.items():
         if isinstance(value, str) and value and "${" not in value:
-            absolute = _absolute(value)
-            if posixpath.dirname(absolute) != absolute:
-                roots.append((name, absolute))
+            root = absolute(value)
+            if posixpath.dirname(root) != root:
+                roots.append((name, root))
     return sorted(roots, key=lambda item: len(item[1]), reverse=True)
 
 
@@ -134,7 +124,7 @@ def _rewrite(value: Any, roots: list[tuple[str, str]], dotted: str) -> Any:
         return {key: _rewrite(item, roots, f"{dotted}.{key}") for key, item in value.items()}
     if isinstance(value, list):
         return [_rewrite(item, roots, dotted) for item in value]
-    if isinstance(value, str) and _looks_like_path(value):
+    if isinstance(value, str) and looks_like_path(value):
         relative_too = any(dotted == key or dotted.startswith(f"{key}.") for key in VOLATILE_KEYS)
         return _under_root(value, roots, relative_too=relative_too) or value
     return value
@@ -150,40 +140,15 @@ def _under_root(value: str, roots: list[tuple[str, str]], relative_too: bool) ->
         return None
     if ntpath.splitdrive(value)[0] and os.name != "nt":  # a Windows path recorded elsewhere: not ours to place
         return None
-    absolute_value = _is_absolute(value)
+    absolute_value = is_absolute(value)
     if not absolute_value and not relative_too:
         return None
-    target = _absolute(value)
-    cwd = _absolute(os.getcwd())
+    target = absolute(value)
+    cwd = absolute(os.getcwd())
     for name, root in roots:
-        if not absolute_value and _contains(root, cwd):
+        if not absolute_value and contains(root, cwd):
             continue
-        if _contains(root, target):
+        if contains(root, target):
             rest = posixpath.relpath(target, root)
             return f"${{{PATHS_KEY}.{name}}}" + ("" if rest == "." else f"/{rest}")
     return None
-
-
-def _split_portable(text: str) -> tuple[str, str]:
-    """'${paths.mvtec_root}/bottle' -> ('mvtec_root', '/bottle')."""
-    head, _, rest = text.partition("}")
-    return head.removeprefix(f"${{{PATHS_KEY}."), rest
-
-
-def _looks_like_path(value: str) -> bool:
-    return _is_absolute(value) or "/" in value or "\\" in value
-
-
-def _is_absolute(value: str) -> bool:
-    return posixpath.isabs(value) or bool(ntpath.splitdrive(value)[0]) or value.startswith("~")
-
-
-def _absolute(value: str) -> str:
-    """Lexically normalised absolute form with '/' separators (no symlinks resolved: paths as written)."""
-    path = os.path.expanduser(value)
-    path = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
-    return Path(os.path.normpath(path)).as_posix()
-
-
-def _contains(root: str, path: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
