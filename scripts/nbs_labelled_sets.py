@@ -31,11 +31,7 @@ def fit_once(overrides: list[str], labelled_seed: int, scratch: Path) -> dict:
             "method=nbs", "trainer=cpu", "torch_threads=1", f"paths.results_dir={scratch / 'results'}",
             *overrides, f"method.module.labelled_seed={labelled_seed}"])
     start = time.perf_counter()
-    built = run.build(cfg)
-    trainer = run.build_trainer(cfg.trainer, scratch / "run", logger=False, enable_progress_bar=False,
-                                enable_model_summary=False)
-    trainer.fit(built.module, datamodule=built.datamodule)
-    outcome = run.evaluate_on_test_set(built.module, built.datamodule, run.EvaluationSettings.from_config(cfg), trainer)
+    _, _, outcome = run.fit_and_evaluate(cfg, scratch / "run")
     labels = outcome.predictions.labels[outcome.indices]
     return {"method": "nbs", "dataset": str(cfg.data.dataset), "category": str(cfg.data.category), "seed": int(cfg.seed),
             "labelled_seed": labelled_seed, "seconds": round(time.perf_counter() - start, 1),

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -250,6 +250,18 @@ def evaluate_on_test_set(module: AnomalyModule, datamodule: AnomalyDataModule, s
     return TestOutcome(predictions=predictions, indices=indices, evaluation=evaluation, extra=extra,
                        timings=timings, holdout=holdout)
 
+
+
+def fit_and_evaluate(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()
+                     ) -> tuple[BuiltRun, L.Trainer, TestOutcome]:
+    """Build, fit on a quiet trainer (no logger, progress bar or model summary) and run the test stage, writing
+    no record: the one path through the stages for measurement scripts and tests (a run is `execute`)."""
+    built = build(cfg)
+    trainer = build_trainer(cfg.trainer, run_dir, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=list(callbacks))
+    trainer.fit(built.module, datamodule=built.datamodule)
+    outcome = evaluate_on_test_set(built.module, built.datamodule, EvaluationSettings.from_config(cfg), trainer)
+    return built, trainer, outcome
 
 def testing_trainer(cfg: DictConfig, run_dir: Path, fitted: L.Trainer | None = None) -> L.Trainer:
     """The trainer the test stage runs on: the fit's own, or a one-process one (after a DDP fit, or for eval)."""

@@ -116,13 +116,6 @@ class Fitted:
         return self.outcome.metrics
 
 
-def _fit_then_test(module: AnomalyModule, datamodule: AnomalyDataModule, trainer: L.Trainer, record: FitRecord,
-                   settings: run.EvaluationSettings) -> Fitted:
-    trainer.fit(module, datamodule=datamodule)
-    outcome = run.evaluate_on_test_set(module, datamodule, settings, trainer)
-    return Fitted(module=module, datamodule=datamodule, trainer=trainer, outcome=outcome, fit=record)
-
-
 # the MVTec AD protocol's evaluation settings (conf/train.yaml's defaults)
 PROTOCOL_EVALUATION = run.EvaluationSettings(PROTOCOL["resolution"], PROTOCOL["pro_fpr_limit"])
 
@@ -134,7 +127,9 @@ def fit_and_test(make_module: Callable[[], AnomalyModule], datamodule: AnomalyDa
     module = make_module()
     record = FitRecord()
     trainer = quiet_trainer(max_steps, [record, *callbacks])
-    fitted = _fit_then_test(module, datamodule, trainer, record, PROTOCOL_EVALUATION)
+    trainer.fit(module, datamodule=datamodule)
+    outcome = run.evaluate_on_test_set(module, datamodule, PROTOCOL_EVALUATION, trainer)
+    fitted = Fitted(module=module, datamodule=datamodule, trainer=trainer, outcome=outcome, fit=record)
     assert trainer.global_step == max_steps, (trainer.global_step, max_steps)
     return fitted
 
@@ -142,8 +137,6 @@ def fit_and_test(make_module: Callable[[], AnomalyModule], datamodule: AnomalyDa
 def fit_and_test_config(cfg: Any, run_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Fitted:
     """Build a composed run config as the pipeline does (`run.build`), fit it on its own trainer config
     (quiet: no logger, no progress bar), run the test stage with the config's evaluation settings."""
-    built = run.build(cfg)
     record = FitRecord()
-    trainer = run.build_trainer(cfg.trainer, run_dir, logger=False, enable_progress_bar=False,
-                                enable_model_summary=False, callbacks=[record, *callbacks])
-    return _fit_then_test(built.module, built.datamodule, trainer, record, run.EvaluationSettings.from_config(cfg))
+    built, trainer, outcome = run.fit_and_evaluate(cfg, run_dir, [record, *callbacks])
+    return Fitted(module=built.module, datamodule=built.datamodule, trainer=trainer, outcome=outcome, fit=record)
