@@ -1,6 +1,7 @@
 """Which pooling turns anomaly maps into the best image scores, measured over many runs, not one.
 
     python scripts/map_pooling.py results/suites/cpu_reduced [more results or suite folders ...] [rows.jsonl ...] [--out rows.csv]
+        [--methods uninformed_students synthcp nbs]
 
 Every run's result.json records the image AUROC of each candidate pooling of its maps
 (`evaluation.image_auroc_by_pooling`; candidates in anobench/metrics/pooling.py). This script reads the ok
@@ -74,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="results or suite folders (each with runs/), or JSON-lines files of rows")
     parser.add_argument("--tie", type=float, default=0.005, help="means within this of the best count as tied")
     parser.add_argument("--out", type=Path, help="CSV of the per-run rows (written atomically)")
+    parser.add_argument("--methods", nargs="+", help="only these methods' runs (e.g. the ones the rule applies to: "
+                        "uninformed_students synthcp nbs)")
     ns = parser.parse_args(argv)
     missing = [str(f) for f in ns.folders if not (f.is_file() or (f / "runs").is_dir())]
     if missing:
         print(f"error: no runs/ folder in {', '.join(missing)} (give suite or results folders, or JSON-lines files)",
               file=sys.stderr)
         return 2
-    rows = run_rows(ns.folders)
+    rows = [row for row in run_rows(ns.folders) if not ns.methods or row["method"] in ns.methods]
     try:
         chosen, summary = choose(rows, ns.tie)
     except ValueError as err:

@@ -239,6 +239,9 @@ def test_map_pooling_picks_the_best_mean_and_breaks_ties_by_the_worst_run(tmp_pa
     assert len(rows) == 3  # the failed run is left out
     means = {rule: sum(float(r[rule]) for r in rows) / 3 for rule in ("max", "top1_mean", "top5_mean")}
     assert means["top1_mean"] == means["top5_mean"] == max(means.values())
+    assert script.main([str(tmp_path), str(rows_file), "--methods", "nbs"]) == 0  # nbs alone: top1_mean
+    out = capsys.readouterr().out
+    assert out.strip().endswith("top1_mean") and "| synthcp |" not in out and out.count("| nbs |") == 1
     assert script.main([str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
 
