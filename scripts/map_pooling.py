@@ -6,7 +6,8 @@
 Every run's result.json records the image AUROC of each candidate pooling of its maps
 (`evaluation.image_auroc_by_pooling`; candidates in anobench/metrics/pooling.py). This script reads the ok
 runs under the given folders (and the rows of JSON-lines files such as scripts/nbs_labelled_sets.py --out writes:
-method, dataset, category, seed, image_auroc_by_pooling) and prints, per candidate, the mean and the worst image AUROC over all runs,
+method, dataset, category, seed, image_auroc_by_pooling; a run with a labelled set is `<seed>/l<labelled seed>`,
+and a run given twice counts once) and prints, per candidate, the mean and the worst image AUROC over all runs,
 and how often it is the best of a run (ties share the win), plus one row per run.
 
 The rule the harness applies where a paper defines no image score (`anobench.metrics.pooling.MAP_POOLING`):
@@ -49,10 +50,24 @@ def run_rows(folders: list[Path]) -> list[dict]:
             pooled = (record.get("evaluation") or {}).get("image_auroc_by_pooling") or {}
             if record.get("status") != "ok" or any(pooled.get(rule) is None for rule in POOLINGS):
                 continue
+            labelled = (((record.get("config") or {}).get("method") or {}).get("module") or {}).get("labelled_seed")
+            seed = record.get("seed") if labelled is None else f"{record.get('seed')}/l{labelled}"
             rows.append({"method": record["method"], "dataset": record.get("dataset"),
-                         "category": record.get("category"), "seed": record.get("seed"),
+                         "category": record.get("category"), "seed": seed,
                          **{rule: float(pooled[rule]) for rule in POOLINGS}})
-    return rows
+    return _once(rows)
+
+
+def _once(rows: list[dict]) -> list[dict]:
+    """The first row of each (method, dataset, category, seed): a run given twice (a suite's NBS seed 0 is
+    labelled set 0, which nbs_labelled_sets.py rows may hold too) counts once."""
+    seen, kept = set(), []
+    for row in rows:
+        key = (row["method"], row["dataset"], row["category"], str(row["seed"]))
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept
 
 
 def choose(rows: list[dict], tie: float = 0.005) -> tuple[str, dict[str, dict[str, float]]]:

@@ -239,6 +239,11 @@ def test_map_pooling_picks_the_best_mean_and_breaks_ties_by_the_worst_run(tmp_pa
     assert len(rows) == 3  # the failed run is left out
     means = {rule: sum(float(r[rule]) for r in rows) / 3 for rule in ("max", "top1_mean", "top5_mean")}
     assert means["top1_mean"] == means["top5_mean"] == max(means.values())
+    # the same NBS run as a suite result (labelled set 3 in its config): counted once, as 0/l3
+    write_result(tmp_path / "runs" / "d", {**_pooling_record("nbs", 0, {"max": 0.3, "smoothed_max": 0.6, "top1_mean": 0.7,
+                                                                       "top5_mean": 0.7}),
+                                           "dataset": "mvtec", "category": "bottle",
+                                           "config": {"method": {"module": {"labelled_seed": 3}}}})
     assert script.main([str(tmp_path), str(rows_file), "--methods", "nbs"]) == 0  # nbs alone: top1_mean
     out = capsys.readouterr().out
     assert out.strip().endswith("top1_mean") and "| synthcp |" not in out and out.count("| nbs |") == 1
