@@ -39,7 +39,7 @@ def run_rows(folders: list[Path]) -> list[dict]:
                 row = json.loads(line)
                 pooled = row.get("image_auroc_by_pooling") or {}
                 if all(pooled.get(rule) is not None for rule in POOLINGS):
-                    seed = row.get("seed") if "labelled_seed" not in row else f"{row.get('seed')}/l{row['labelled_seed']}"
+                    seed = _seed_label(row.get("seed"), row.get("labelled_seed"))
                     rows.append({"method": row["method"], "dataset": row.get("dataset"), "category": row.get("category"),
                                  "seed": seed, **{rule: float(pooled[rule]) for rule in POOLINGS}})
             continue
@@ -51,11 +51,16 @@ def run_rows(folders: list[Path]) -> list[dict]:
             if record.get("status") != "ok" or any(pooled.get(rule) is None for rule in POOLINGS):
                 continue
             labelled = (((record.get("config") or {}).get("method") or {}).get("module") or {}).get("labelled_seed")
-            seed = record.get("seed") if labelled is None else f"{record.get('seed')}/l{labelled}"
+            seed = _seed_label(record.get("seed"), labelled)
             rows.append({"method": record["method"], "dataset": record.get("dataset"),
                          "category": record.get("category"), "seed": seed,
                          **{rule: float(pooled[rule]) for rule in POOLINGS}})
     return _once(rows)
+
+
+def _seed_label(seed: object, labelled_seed: object) -> object:
+    """The run's seed, or `<seed>/l<labelled seed>` for a run with a labelled set (NBS)."""
+    return seed if labelled_seed is None else f"{seed}/l{labelled_seed}"
 
 
 def _once(rows: list[dict]) -> list[dict]:

@@ -22,7 +22,7 @@ import math
 import sys
 from pathlib import Path
 
-from anobench.results.leaderboard import Cell, build_leaderboard, collect_results
+from anobench.results.leaderboard import build_leaderboard, collect_results
 from anobench.results.record import METRIC_KEYS
 
 
@@ -35,7 +35,7 @@ def spread_rows(folder: Path, metrics: tuple[str, ...] = METRIC_KEYS) -> list[di
     rows = []
     for row, method, metric, cell in board.category_cells():
         values = [v for v in cell.values if v is not None and not math.isnan(v)]
-        if isinstance(cell, Cell) and values:
+        if values:
             rows.append({"dataset": row["dataset"], "category": row["category"], "metric": metric,
                          "method": method, "mean": cell.mean, "std": cell.std, "n": len(values),
                          "min": min(values), "max": max(values)})

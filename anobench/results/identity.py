@@ -13,12 +13,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import posixpath
 from typing import Any, Mapping
 
-from anobench.results.pathnames import (PATHS_KEY, absolute, contains, is_absolute, looks_like_path, root_default,
-                                        split_root_reference)
+from anobench.results.pathnames import (PATHS_KEY, looks_like_path, named_roots, root_default, split_root_reference,
+                                        under_root)
 
 # Dotted keys that say where things live, what a scheduler grants, how fast or what is exported, not what is computed.
 VOLATILE_KEYS = ("paths", "data.root", "hydra", "method.resources", "malloc_keep_freed", "export",
@@ -33,7 +31,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 (first 12 hex digits) of a resolved config (plain containers) minus VOLATILE_KEYS and minus the
     NEUTRAL_DEFAULTS keys that hold their neutral value."""
     stripped = copy.deepcopy(dict(config))
-    roots = _roots(stripped.get(PATHS_KEY))
+    paths = stripped.get(PATHS_KEY)
+    names, roots = set(paths) if isinstance(paths, Mapping) else set(), named_roots(paths)
     for dotted in (*VOLATILE_KEYS, *NEUTRAL_DEFAULTS):
         *parents, leaf = dotted.split(".")
         node: Any = stripped
@@ -41,7 +40,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
             node = node.get(key) if isinstance(node, Mapping) else None
         if isinstance(node, dict) and leaf in node and (dotted in VOLATILE_KEYS or _neutral(dotted, node[leaf])):
             node.pop(leaf)
-    text = json.dumps(_under_default_roots(stripped, roots), sort_keys=True, default=str, separators=(",", ":"))
+    text = json.dumps(_under_default_roots(stripped, names, roots), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
@@ -50,38 +49,22 @@ def _neutral(dotted: str, value: Any) -> bool:
     return not isinstance(value, bool) and value == NEUTRAL_DEFAULTS[dotted]
 
 
-def _roots(paths: Any) -> list[tuple[str, str | None, str]]:
-    """(name, the root as an absolute path or None when unresolved, how a path under it is hashed) per root of
-    the config's paths block, longest root first; the hashed form is the root's default ('data'), else
-    `${paths.<name>}`."""
-    roots = []
-    for name, value in (paths or {}).items() if isinstance(paths, Mapping) else ():
-        usable = isinstance(value, str) and value and "${" not in value and "://" not in value
-        root = absolute(value) if usable else None
-        if root is not None and posixpath.dirname(root) == root:  # "/" holds everything: says nothing
-            root = None
-        roots.append((name, root, root_default(name) or f"${{{PATHS_KEY}.{name}}}"))
-    return sorted(roots, key=lambda item: len(item[1] or ""), reverse=True)
+def _hashed_root(name: str) -> str:
+    """How a path under root `name` is hashed: under the root's default ('data'), else `${paths.<name>}`."""
+    return root_default(name) or f"${{{PATHS_KEY}.{name}}}"
 
 
-def _under_default_roots(value: Any, roots: list[tuple[str, str | None, str]]) -> Any:
-    """`value` with every path under a root written under the root's default (module doc)."""
+def _under_default_roots(value: Any, names: set[str], roots: list[tuple[str, str]]) -> Any:
+    """`value` with every path under a root (`names`: the paths block's roots; `roots`: the resolved ones)
+    written under the root's default (module doc)."""
     if isinstance(value, dict):
-        return {key: _under_default_roots(item, roots) for key, item in value.items()}
+        return {key: _under_default_roots(item, names, roots) for key, item in value.items()}
     if isinstance(value, list):
-        return [_under_default_roots(item, roots) for item in value]
-    if not isinstance(value, str) or not roots:
+        return [_under_default_roots(item, names, roots) for item in value]
+    if not isinstance(value, str):
         return value
     if value.startswith(f"${{{PATHS_KEY}."):
         name, rest = split_root_reference(value)
-        hashed = next((form for root_name, _, form in roots if root_name == name), None)
-        return hashed + rest if hashed is not None else value
-    if "${" in value or "://" in value or not looks_like_path(value):
-        return value
-    target, cwd = absolute(value), absolute(os.getcwd())
-    for _, root, form in roots:
-        # a relative value says nothing by lying under a root that holds the working directory
-        if root is not None and contains(root, target) and (is_absolute(value) or not contains(root, cwd)):
-            rest = posixpath.relpath(target, root)
-            return form if rest == "." else f"{form}/{rest}"
-    return value
+        return _hashed_root(name) + rest if name in names else value
+    placed = under_root(value, roots, relative_too=True) if looks_like_path(value) else None
+    return value if placed is None else _hashed_root(placed[0]) + placed[1]

@@ -10,7 +10,7 @@ import posixpath
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
@@ -53,6 +53,40 @@ def absolute(value: str) -> str:
 def contains(root: str, path: str) -> bool:
     """`path` is `root` or lies under it (both absolute, as `absolute` writes them)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def named_roots(paths: Any) -> list[tuple[str, str]]:
+    """(name, absolute normalised root) of every usable root of a resolved paths block, longest first; an
+    unresolved or URL value is no root here, and a root of "/" is no information."""
+    roots = []
+    for name, value in paths.items() if isinstance(paths, Mapping) else ():
+        if isinstance(value, str) and value and "${" not in value and "://" not in value:
+            root = absolute(value)
+            if posixpath.dirname(root) != root:
+                roots.append((name, root))
+    return sorted(roots, key=lambda item: len(item[1]), reverse=True)
+
+
+def under_root(value: str, roots: list[tuple[str, str]], relative_too: bool) -> tuple[str, str] | None:
+    """(name, '' or '/<rest>') of the longest root holding `value`, else None; a relative value only with
+    `relative_too`, and only under a root that does not hold the working directory (any relative path would
+    lie under such a root, which says nothing)."""
+    if not value or "${" in value or "://" in value:
+        return None
+    if ntpath.splitdrive(value)[0] and os.name != "nt":  # a Windows path recorded elsewhere: not ours to place
+        return None
+    absolute_value = is_absolute(value)
+    if not absolute_value and not relative_too:
+        return None
+    target = absolute(value)
+    cwd = absolute(os.getcwd())
+    for name, root in roots:
+        if not absolute_value and contains(root, cwd):
+            continue
+        if contains(root, target):
+            rest = posixpath.relpath(target, root)
+            return name, "" if rest == "." else f"/{rest}"
+    return None
 
 
 def split_root_reference(text: str) -> tuple[str, str]:

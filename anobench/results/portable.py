@@ -23,7 +23,6 @@ relative to the working directory the run was started from, as everywhere in ano
 
 from __future__ import annotations
 
-import ntpath
 import os
 import posixpath
 from pathlib import Path
@@ -33,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anobench.results.identity import VOLATILE_KEYS
 from anobench.results.pathnames import (ENV_DEFAULT, PATHS_KEY, absolute, contains, default_paths, is_absolute,
-                                        looks_like_path, split_root_reference)
+                                        looks_like_path, named_roots, under_root)
 
 
 def portable_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -43,7 +42,7 @@ def portable_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(resolved, dict) or not isinstance(resolved.get(PATHS_KEY), dict):
         return resolved
-    roots = _roots(resolved[PATHS_KEY])
+    roots = named_roots(resolved[PATHS_KEY])
     out = {key: _rewrite(value, roots, key) for key, value in resolved.items() if key != PATHS_KEY}
     out[PATHS_KEY] = _paths_block(cfg)
     return {key: out[key] for key in resolved}  # the config's own key order
@@ -52,7 +51,7 @@ def portable_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 def portable_path(path: str | os.PathLike, cfg: DictConfig) -> str:
     """One path (e.g. a checkpoint) as `${paths.<name>}/<rest>` when it lies under a named root, else unchanged."""
     text = os.fspath(path)
-    return _under_root(text, _roots(_resolved_paths(cfg)), relative_too=True) or text
+    return _reference(under_root(text, named_roots(_resolved_paths(cfg)), relative_too=True)) or text
 
 
 def resolve_recorded_path(value: str, record: Mapping[str, Any]) -> Path:
@@ -72,13 +71,13 @@ def portable_command(command: str | None, cfg: DictConfig) -> str | None:
     """
     if not command:
         return command
-    roots = _roots(_resolved_paths(cfg))
+    roots = named_roots(_resolved_paths(cfg))
     words = []
     for word in command.split(" "):
         key, eq, value = word.rpartition("=")
-        portable = _under_root(value, roots, relative_too=False) if is_absolute(value) else None
-        if portable is not None:
-            name, rest = split_root_reference(portable)
+        placed = under_root(value, roots, relative_too=False) if is_absolute(value) else None
+        if placed is not None:
+            name, rest = placed
             match = ENV_DEFAULT.match(str(default_paths().get(name, "")))
             head = f"${match.group(1)}" if match else f"<{name}>"
             value = head + rest
@@ -108,17 +107,6 @@ def _paths_block(cfg: DictConfig) -> dict[str, Any]:
     return block
 
 
-def _roots(paths: dict[str, Any]) -> list[tuple[str, str]]:
-    """(name, absolute normalised root) of every usable root, longest first; a root of "/" is no information."""
-    roots = []
-    for name, value in paths.items():
-        if isinstance(value, str) and value and "${" not in value:
-            root = absolute(value)
-            if posixpath.dirname(root) != root:
-                roots.append((name, root))
-    return sorted(roots, key=lambda item: len(item[1]), reverse=True)
-
-
 def _rewrite(value: Any, roots: list[tuple[str, str]], dotted: str) -> Any:
     if isinstance(value, dict):
         return {key: _rewrite(item, roots, f"{dotted}.{key}") for key, item in value.items()}
@@ -126,29 +114,11 @@ def _rewrite(value: Any, roots: list[tuple[str, str]], dotted: str) -> Any:
         return [_rewrite(item, roots, dotted) for item in value]
     if isinstance(value, str) and looks_like_path(value):
         relative_too = any(dotted == key or dotted.startswith(f"{key}.") for key in VOLATILE_KEYS)
-        return _under_root(value, roots, relative_too=relative_too) or value
+        return _reference(under_root(value, roots, relative_too=relative_too)) or value
     return value
 
 
-def _under_root(value: str, roots: list[tuple[str, str]], relative_too: bool) -> str | None:
-    """`${paths.<name>}[/<rest>]` for the longest root holding `value`, else None.
+def _reference(placed: tuple[str, str] | None) -> str | None:
+    """`${paths.<name>}[/<rest>]` for a value `under_root` placed, else None."""
+    return None if placed is None else f"${{{PATHS_KEY}.{placed[0]}}}{placed[1]}"
 
-    A relative value is only placed under a root that does not hold the working directory (any relative
-    path would lie under such a root, which says nothing).
-    """
-    if not value or "${" in value or "://" in value:
-        return None
-    if ntpath.splitdrive(value)[0] and os.name != "nt":  # a Windows path recorded elsewhere: not ours to place
-        return None
-    absolute_value = is_absolute(value)
-    if not absolute_value and not relative_too:
-        return None
-    target = absolute(value)
-    cwd = absolute(os.getcwd())
-    for name, root in roots:
-        if not absolute_value and contains(root, cwd):
-            continue
-        if contains(root, target):
-            rest = posixpath.relpath(target, root)
-            return f"${{{PATHS_KEY}.{name}}}" + ("" if rest == "." else f"/{rest}")
-    return None

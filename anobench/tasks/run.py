@@ -251,7 +251,6 @@ def evaluate_on_test_set(module: AnomalyModule, datamodule: AnomalyDataModule, s
                        timings=timings, holdout=holdout)
 
 
-
 def fit_and_evaluate(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()
                      ) -> tuple[BuiltRun, L.Trainer, TestOutcome]:
     """Build, fit on a quiet trainer (no logger, progress bar or model summary) and run the test stage, writing
